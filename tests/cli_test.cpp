@@ -1,0 +1,166 @@
+// The `engram` tool as a user runs it: real process, real files.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "engram/hasher.hpp"
+#include "engram/token_map.hpp"
+#include "test_util.hpp"
+
+namespace engram {
+namespace {
+
+struct CliResult {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+CliResult RunCli(const test::TempDir& dir, const std::string& args) {
+  const std::string cmd = std::string(ENGRAM_CLI_PATH) + " " + args + " >" + dir.File("stdout") + " 2>" + dir.File("stderr");
+  const int status = std::system(cmd.c_str());
+  CliResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = Slurp(dir.File("stdout"));
+  r.err = Slurp(dir.File("stderr"));
+  return r;
+}
+
+std::vector<std::int64_t> ReadI64(const std::string& path) {
+  const std::string bytes = Slurp(path);
+  std::vector<std::int64_t> v(bytes.size() / 8);
+  std::memcpy(v.data(), bytes.data(), v.size() * 8);
+  return v;
+}
+
+TEST(Cli, HelpListsSubcommands) {
+  test::TempDir dir;
+  auto r = RunCli(dir, "--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* sub : {"layout", "hash", "trace"}) EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+}
+
+TEST(Cli, UnknownOptionIsAUsageError) {
+  test::TempDir dir;
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens x --compressed --out y --frobnicate");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("frobnicate"), std::string::npos) << r.err;
+}
+
+TEST(Cli, BadValueIsAUsageError) {
+  test::TempDir dir;
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens x --compressed --seq-len many --out y");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("seq-len"), std::string::npos) << r.err;
+}
+
+TEST(Cli, MissingSubcommandIsAUsageError) {
+  test::TempDir dir;
+  EXPECT_EQ(RunCli(dir, "").code, 2);
+}
+
+TEST(Cli, LayoutPresetPrintsTheJsonForm) {
+  test::TempDir dir;
+  auto r = RunCli(dir, "layout --preset deepseek-v4.1-flash");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto parsed = Layout::FromJson(r.out, "stdout");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(*parsed, *Layout::Preset("deepseek-v4.1-flash"));
+}
+
+TEST(Cli, LayoutFileWithCompositePrimeFailsWithTheField) {
+  test::TempDir dir;
+  std::string json = Layout::Preset("engram-demo")->ToJson();
+  json.replace(json.find("646403"), 6, "646405");
+  test::WriteBytes(dir.File("bad.json"), json.data(), json.size());
+  auto r = RunCli(dir, "layout --layout " + dir.File("bad.json"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("646405 is not prime"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bad.json"), std::string::npos) << r.err;
+}
+
+TEST(Cli, HashWritesReferenceRowsForCompressedIds) {
+  test::TempDir dir;
+  const std::int32_t ids[8] = {0, 3, 17, 99091, 5, 5, 2, 42};
+  test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
+  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 14 --tokens " + dir.File("t.i32") + " --compressed --out " +
+                        dir.File("rows.i64"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto rows = ReadI64(dir.File("rows.i64"));
+  ASSERT_EQ(rows.size(), 8U * 24U);
+  EXPECT_EQ(rows[0], 14361964);     // t=0 n2h0
+  EXPECT_EQ(rows[191], 374884242);  // t=7 n4h7
+}
+
+TEST(Cli, HashOfTheRealTraceWithSeqLenMatchesTheLibrary) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 15 --tokens " + test::SharedData("brown.deepseek-v3.i32") +
+                        " --token-map " + test::SharedData("deepseek-v3.token-map.i32") + " --seq-len 4096 --out " +
+                        dir.File("rows.i64"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto rows = ReadI64(dir.File("rows.i64"));
+  auto layout = Layout::Preset("engram-demo");
+  auto h = LayerHasher::Create(*layout, 1);
+  std::vector<std::int64_t> expected(test::BrownCompressed().size() * 16);
+  ASSERT_TRUE(HashFreshSequences(*h, test::BrownCompressed(), 4096, expected).ok());
+  EXPECT_EQ(rows, expected);
+}
+
+TEST(Cli, UnknownLayerIsAnErrorListingTheLayers) {
+  test::TempDir dir;
+  const std::int32_t ids[2] = {0, 1};
+  test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
+  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 7 --tokens " + dir.File("t.i32") + " --compressed --out " +
+                        dir.File("o"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("no Engram layer 7"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1, 14"), std::string::npos) << r.err;
+}
+
+TEST(Cli, TruncatedTokenFileIsAnError) {
+  test::TempDir dir;
+  const std::int32_t ids[2] = {0, 1};
+  test::WriteBytes(dir.File("t.i32"), ids, 7);
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens " + dir.File("t.i32") + " --compressed --out " + dir.File("o"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+}
+
+TEST(Cli, OutOfRangeTokenIsAnErrorNamingThePosition) {
+  ENGRAM_REQUIRE_SHARED_DATA("deepseek-v3.token-map.i32");
+  test::TempDir dir;
+  const std::int32_t ids[3] = {0, 1, 500000};
+  test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens " + dir.File("t.i32") + " --token-map " +
+                        test::SharedData("deepseek-v3.token-map.i32") + " --out " + dir.File("o"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("token id 500000 at position 2"), std::string::npos) << r.err;
+}
+
+TEST(Cli, TraceSummaryJsonCountsTokensAndDistinctRows) {
+  test::TempDir dir;
+  // Six tokens repeating one 2-gram: 2-gram regions see few distinct rows.
+  const std::int32_t ids[6] = {10, 11, 10, 11, 10, 11};
+  test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
+  auto r = RunCli(dir, "trace summary --layout engram-demo --tokens " + dir.File("t.i32") + " --compressed --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("\"tokens\": 6"), std::string::npos) << r.out;
+  // n=2 rows at t=1..5 come from 2-grams (10,11), (11,10): with t=0's (pad,10), 3 distinct per head.
+  EXPECT_NE(r.out.find("\"order\": 2,\n          \"head\": 0,\n          \"lookups\": 6,\n          \"distinct_rows\": 3"),
+            std::string::npos)
+      << r.out;
+}
+
+}  // namespace
+}  // namespace engram

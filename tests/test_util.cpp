@@ -1,0 +1,81 @@
+#include "test_util.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "engram/token_map.hpp"
+
+namespace engram::test {
+
+const std::vector<std::int32_t>& BrownCompressed() {
+  static const std::vector<std::int32_t> ids = [] {
+    auto map = TokenMap::LoadFile(SharedData("deepseek-v3.token-map.i32"));
+    if (!map.ok()) return std::vector<std::int32_t>{};
+    std::ifstream f(SharedData("brown.deepseek-v3.i32"), std::ios::binary | std::ios::ate);
+    std::vector<std::int32_t> raw(static_cast<std::size_t>(f.tellg()) / 4);
+    f.seekg(0);
+    f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size() * 4));
+    std::vector<std::int32_t> out(raw.size());
+    if (!map->Compress(raw, out).ok()) return std::vector<std::int32_t>{};
+    return out;
+  }();
+  return ids;
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "engram-test-XXXXXX").string();
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    std::perror("mkdtemp");
+    std::abort();
+  }
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void WriteBytes(const std::string& path, const void* data, std::size_t size) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+}
+
+std::vector<std::int64_t> ReferenceRows(const Layout& layout, int layer_index, const std::vector<std::int32_t>& ids,
+                                        const std::vector<std::uint8_t>& dead) {
+  const LayerSpec& l = layout.layer(layer_index);
+  const std::int64_t pad = layout.pad_id();
+  std::vector<std::int64_t> rows;
+  rows.reserve(ids.size() * static_cast<std::size_t>(layout.columns()));
+  for (std::int64_t t = 0; t < static_cast<std::int64_t>(ids.size()); ++t) {
+    // x(j): the id j positions back, as the hash reads it.
+    std::vector<std::int64_t> x(static_cast<std::size_t>(layout.max_ngram()));
+    bool dead_seen = false;
+    for (int j = 0; j < layout.max_ngram(); ++j) {
+      const std::int64_t pos = t - j;
+      if (pos < 0) {
+        x[static_cast<std::size_t>(j)] = pad;
+        continue;
+      }
+      if (!dead.empty() && dead[static_cast<std::size_t>(pos)] != 0) dead_seen = true;
+      x[static_cast<std::size_t>(j)] = dead_seen ? pad : ids[static_cast<std::size_t>(pos)];
+    }
+    for (int n = 2; n <= layout.max_ngram(); ++n) {
+      std::int64_t mix = 0;
+      for (int j = 0; j < n; ++j) mix ^= x[static_cast<std::size_t>(j)] * l.multipliers[static_cast<std::size_t>(j)];
+      for (int k = 0; k < layout.heads(); ++k) {
+        const int c = (n - 2) * layout.heads() + k;
+        const std::int64_t p = l.primes[static_cast<std::size_t>(c)];
+        std::int64_t r = mix % p;  // C++ truncates toward zero; the reference's mod is non-negative
+        if (r < 0) r += p;
+        rows.push_back(layout.region_offset(layer_index, c) + r);
+      }
+    }
+  }
+  return rows;
+}
+
+}  // namespace engram::test
