@@ -81,13 +81,13 @@ void LayerHasher::HashWindowUnchecked(const std::int32_t* window, std::size_t nu
 Status LayerHasher::HashWindow(std::span<const std::int32_t> window, std::span<std::int64_t> out) const {
   const auto hist = static_cast<std::size_t>(max_ngram_ - 1);
   if (window.size() < hist) {
-    return Status::InvalidArgument(fmt::format("hash window of {} ids is shorter than its history of {}", window.size(), hist));
+    return Status::InvalidArgument(
+        fmt::format("hash window of {} ids is shorter than its history of {}", window.size(), hist));
   }
   const std::size_t n = window.size() - hist;
   if (out.size() != n * static_cast<std::size_t>(columns_)) {
-    return Status::InvalidArgument(
-        fmt::format("hash output holds {} row ids; {} tokens x {} columns need {}", out.size(), n, columns_,
-                    n * static_cast<std::size_t>(columns_)));
+    return Status::InvalidArgument(fmt::format("hash output holds {} row ids; {} tokens x {} columns need {}",
+                                               out.size(), n, columns_, n * static_cast<std::size_t>(columns_)));
   }
   HashWindowUnchecked(window.data(), n, out.data());
   return Status::Ok();
@@ -105,13 +105,15 @@ Result<Hasher> Hasher::Create(const Layout& layout) {
 Status Hasher::HashWindow(std::span<const std::int32_t> window, std::span<std::int64_t> out) const {
   const auto hist = static_cast<std::size_t>(max_ngram() - 1);
   if (window.size() < hist) {
-    return Status::InvalidArgument(fmt::format("hash window of {} ids is shorter than its history of {}", window.size(), hist));
+    return Status::InvalidArgument(
+        fmt::format("hash window of {} ids is shorter than its history of {}", window.size(), hist));
   }
   const std::size_t n = window.size() - hist;
   const std::size_t per_layer = n * static_cast<std::size_t>(columns());
   if (out.size() != per_layer * layers_.size()) {
-    return Status::InvalidArgument(fmt::format("hash output holds {} row ids; {} layers x {} tokens x {} columns need {}",
-                                               out.size(), layers_.size(), n, columns(), per_layer * layers_.size()));
+    return Status::InvalidArgument(
+        fmt::format("hash output holds {} row ids; {} layers x {} tokens x {} columns need {}", out.size(),
+                    layers_.size(), n, columns(), per_layer * layers_.size()));
   }
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     layers_[l].HashWindowUnchecked(window.data(), n, out.data() + l * per_layer);
@@ -123,8 +125,8 @@ Status HashFreshSequences(const LayerHasher& hasher, std::span<const std::int32_
                           std::span<std::int64_t> out) {
   const auto cols = static_cast<std::size_t>(hasher.columns());
   if (out.size() != ids.size() * cols) {
-    return Status::InvalidArgument(fmt::format("hash output holds {} row ids; {} tokens x {} columns need {}", out.size(),
-                                               ids.size(), cols, ids.size() * cols));
+    return Status::InvalidArgument(fmt::format("hash output holds {} row ids; {} tokens x {} columns need {}",
+                                               out.size(), ids.size(), cols, ids.size() * cols));
   }
   const auto hist = static_cast<std::size_t>(hasher.max_ngram() - 1);
   if (seq_len == 0) seq_len = ids.size();

@@ -31,11 +31,13 @@ Result<RowFormat> ParseRowFormat(std::string_view name) {
 }
 
 Result<std::uint32_t> RowBytes(RowFormat format, std::uint32_t dim) {
-  if (dim == 0 || dim > (1U << 20)) return Status::InvalidArgument(fmt::format("row dim {} is out of range (1..2^20)", dim));
+  if (dim == 0 || dim > (1U << 20))
+    return Status::InvalidArgument(fmt::format("row dim {} is out of range (1..2^20)", dim));
   switch (format) {
     case RowFormat::kFp8E4M3E8M0:
       if (dim % 32 != 0) {
-        return Status::InvalidArgument(fmt::format("row dim {} is not a multiple of 32 (one E8M0 scale per 32 values)", dim));
+        return Status::InvalidArgument(
+            fmt::format("row dim {} is not a multiple of 32 (one E8M0 scale per 32 values)", dim));
       }
       return dim + dim / 32;
     case RowFormat::kF32: return dim * 4U;
@@ -104,7 +106,9 @@ bool operator==(const LayoutSpec& a, const LayoutSpec& b) {
          a.base_sizes == b.base_sizes && a.layers == b.layers;
 }
 
-bool operator==(const Layout& a, const Layout& b) { return a.spec_ == b.spec_; }
+bool operator==(const Layout& a, const Layout& b) {
+  return a.spec_ == b.spec_;
+}
 
 namespace {
 
@@ -131,18 +135,19 @@ Status ValidateSpec(const LayoutSpec& s) {
         fmt::format("field compressed_vocab_size: {} is out of range (1..2^31-1)", s.compressed_vocab_size));
   }
   if (s.pad_id < 0 || s.pad_id >= s.compressed_vocab_size) {
-    return Status::InvalidArgument(fmt::format("field pad_id: {} is not a compressed id (0..{})", s.pad_id,
-                                               s.compressed_vocab_size - 1));
+    return Status::InvalidArgument(
+        fmt::format("field pad_id: {} is not a compressed id (0..{})", s.pad_id, s.compressed_vocab_size - 1));
   }
-  if (s.pad_token_id < 0) return Status::InvalidArgument(fmt::format("field pad_token_id: {} is negative", s.pad_token_id));
+  if (s.pad_token_id < 0)
+    return Status::InvalidArgument(fmt::format("field pad_token_id: {} is negative", s.pad_token_id));
   if (s.row_dim <= 0) return Status::InvalidArgument(fmt::format("field row.dim: {} must be positive", s.row_dim));
   if (auto rb = RowBytes(s.row_format, static_cast<std::uint32_t>(s.row_dim)); !rb.ok()) {
     return std::move(rb).status().WithContext("field row");
   }
   if (!s.base_sizes.empty()) {
     if (static_cast<int>(s.base_sizes.size()) != s.max_ngram - 1) {
-      return Status::InvalidArgument(fmt::format("field base_sizes: {} values for {} orders", s.base_sizes.size(),
-                                                 s.max_ngram - 1));
+      return Status::InvalidArgument(
+          fmt::format("field base_sizes: {} values for {} orders", s.base_sizes.size(), s.max_ngram - 1));
     }
     for (std::size_t i = 0; i < s.base_sizes.size(); ++i) {
       if (s.base_sizes[i] < 2) {
@@ -152,8 +157,8 @@ Status ValidateSpec(const LayoutSpec& s) {
   }
   if (s.layers.empty()) return Status::InvalidArgument("field layers: a layout needs at least one Engram layer");
   if (s.layers.size() > static_cast<std::size_t>(kMaxEngramLayers)) {
-    return Status::InvalidArgument(fmt::format("field layers: {} layers exceed the limit of {}", s.layers.size(),
-                                               kMaxEngramLayers));
+    return Status::InvalidArgument(
+        fmt::format("field layers: {} layers exceed the limit of {}", s.layers.size(), kMaxEngramLayers));
   }
   // Products of compressed ids (< V') and multipliers must not overflow int64.
   const std::int64_t multiplier_bound = std::numeric_limits<std::int64_t>::max() / s.compressed_vocab_size;
@@ -161,7 +166,8 @@ Status ValidateSpec(const LayoutSpec& s) {
   std::unordered_set<std::int32_t> seen_ids;
   for (std::size_t li = 0; li < s.layers.size(); ++li) {
     const LayerSpec& l = s.layers[li];
-    if (l.layer_id < 0) return Status::InvalidArgument(fmt::format("field layers[{}].layer_id: {} is negative", li, l.layer_id));
+    if (l.layer_id < 0)
+      return Status::InvalidArgument(fmt::format("field layers[{}].layer_id: {} is negative", li, l.layer_id));
     if (!seen_ids.insert(l.layer_id).second) {
       return Status::InvalidArgument(fmt::format("field layers[{}].layer_id: layer {} appears twice", li, l.layer_id));
     }
@@ -172,21 +178,21 @@ Status ValidateSpec(const LayoutSpec& s) {
     for (std::size_t j = 0; j < l.multipliers.size(); ++j) {
       const std::int64_t m = l.multipliers[j];
       if (m <= 0 || m % 2 == 0 || m >= multiplier_bound) {
-        return Status::InvalidArgument(fmt::format(
-            "field layers[{}].multipliers[{}]: {} must be odd, positive and below INT64_MAX / V' = {}", li, j, m,
-            multiplier_bound));
+        return Status::InvalidArgument(
+            fmt::format("field layers[{}].multipliers[{}]: {} must be odd, positive and below INT64_MAX / V' = {}", li,
+                        j, m, multiplier_bound));
       }
     }
     if (static_cast<int>(l.primes.size()) != columns) {
-      return Status::InvalidArgument(fmt::format("field layers[{}].primes: {} values, expected (max_ngram - 1) * heads = {}",
-                                                 li, l.primes.size(), columns));
+      return Status::InvalidArgument(fmt::format(
+          "field layers[{}].primes: {} values, expected (max_ngram - 1) * heads = {}", li, l.primes.size(), columns));
     }
     std::int64_t rows = 0;
     for (int c = 0; c < columns; ++c) {
       const std::int64_t p = l.primes[static_cast<std::size_t>(c)];
       if (p >= (std::int64_t{1} << 62)) {
-        return Status::InvalidArgument(fmt::format("field {}: {} exceeds the largest supported region size, 2^62",
-                                                   PrimeField(li, c, s.heads), p));
+        return Status::InvalidArgument(
+            fmt::format("field {}: {} exceeds the largest supported region size, 2^62", PrimeField(li, c, s.heads), p));
       }
       if (p < 2 || !IsPrime(static_cast<std::uint64_t>(p))) {
         return Status::InvalidArgument(fmt::format("field {}: {} is not prime", PrimeField(li, c, s.heads), p));
@@ -232,13 +238,12 @@ const std::vector<PresetConstants>& Presets() {
                                            .row_dim = 256};
     flash.multipliers = {{76632096046245, 4839876093313, 35959672319349, 73987337458391},
                          {67716810739261, 51510806800915, 30921347202721, 82619226485591}};
-    flash.primes = {
-        {16000057, 16000079, 16000081, 16000097, 16000121, 16000129, 16000133, 16000183,   // n=2
-         16000189, 16000207, 16000211, 16000253, 16000277, 16000289, 16000307, 16000321,   // n=3
-         16000339, 16000381, 16000393, 16000399, 16000403, 16000409, 16000447, 16000463},  // n=4
-        {16000477, 16000487, 16000499, 16000507, 16000511, 16000573, 16000609, 16000627,
-         16000667, 16000669, 16000693, 16000697, 16000711, 16000729, 16000759, 16000769,
-         16000781, 16000799, 16000813, 16000819, 16000841, 16000877, 16000879, 16000889}};
+    flash.primes = {{16000057, 16000079, 16000081, 16000097, 16000121, 16000129, 16000133, 16000183,   // n=2
+                     16000189, 16000207, 16000211, 16000253, 16000277, 16000289, 16000307, 16000321,   // n=3
+                     16000339, 16000381, 16000393, 16000399, 16000403, 16000409, 16000447, 16000463},  // n=4
+                    {16000477, 16000487, 16000499, 16000507, 16000511, 16000573, 16000609, 16000627,
+                     16000667, 16000669, 16000693, 16000697, 16000711, 16000729, 16000759, 16000769,
+                     16000781, 16000799, 16000813, 16000819, 16000841, 16000877, 16000879, 16000889}};
     v.push_back(std::move(flash));
 
     PresetConstants demo;
@@ -256,10 +261,10 @@ const std::vector<PresetConstants>& Presets() {
                                           .row_dim = 64};
     demo.multipliers = {{76668460411071, 4842172768323, 35976736326609},
                         {28932822131039, 56046953508373, 53954628306497}};
-    demo.primes = {{646403, 646411, 646421, 646423, 646433, 646453, 646519, 646523,
-                    646537, 646543, 646549, 646571, 646573, 646577, 646609, 646619},
-                   {646631, 646637, 646643, 646669, 646687, 646721, 646757, 646771,
-                    646781, 646823, 646831, 646837, 646843, 646859, 646873, 646879}};
+    demo.primes = {{646403, 646411, 646421, 646423, 646433, 646453, 646519, 646523, 646537, 646543, 646549, 646571,
+                    646573, 646577, 646609, 646619},
+                   {646631, 646637, 646643, 646669, 646687, 646721, 646757, 646771, 646781, 646823, 646831, 646837,
+                    646843, 646859, 646873, 646879}};
     v.push_back(std::move(demo));
     return v;
   }();
@@ -313,7 +318,8 @@ Result<LayoutSpec> GenerateLayoutSpec(const LayoutGenerateOptions& o) {
     }
     // Multipliers: numpy default_rng(seed + 10007 * layer_id).integers(0, high, size=max_ngram) * 2 + 1.
     const std::uint64_t rng_seed = o.seed + 10007ULL * static_cast<std::uint64_t>(layer_id);
-    ENGRAM_ASSIGN_OR_RETURN(auto draws, detail::NumpyIntegers(rng_seed, 0, high, static_cast<std::size_t>(o.max_ngram)));
+    ENGRAM_ASSIGN_OR_RETURN(auto draws,
+                            detail::NumpyIntegers(rng_seed, 0, high, static_cast<std::size_t>(o.max_ngram)));
     for (std::int64_t d : draws) l.multipliers.push_back(d * 2 + 1);
     s.layers.push_back(std::move(l));
   }
@@ -346,11 +352,13 @@ Result<Layout> Layout::Preset(std::string_view name) {
     if (p.name != name) continue;
     LayoutSpec s = SpecSkeleton(p.generate);
     for (std::size_t i = 0; i < p.generate.layer_ids.size(); ++i) {
-      s.layers.push_back(LayerSpec{.layer_id = p.generate.layer_ids[i], .multipliers = p.multipliers[i], .primes = p.primes[i]});
+      s.layers.push_back(
+          LayerSpec{.layer_id = p.generate.layer_ids[i], .multipliers = p.multipliers[i], .primes = p.primes[i]});
     }
     return Create(std::move(s));
   }
-  return Status::NotFound(fmt::format("no layout preset named \"{}\" (presets: deepseek-v4.1-flash, engram-demo)", name));
+  return Status::NotFound(
+      fmt::format("no layout preset named \"{}\" (presets: deepseek-v4.1-flash, engram-demo)", name));
 }
 
 Result<int> Layout::LayerIndex(std::int32_t layer_id) const {

@@ -122,9 +122,11 @@ Result<LayoutSpec> ParseSpec(const Json& root, std::vector<std::int64_t>& rows_g
     l.layer_id = static_cast<std::int32_t>(id);
     auto m = lj.find("multipliers");
     if (m == lj.end()) return FieldError(prefix + "multipliers", "missing");
-    ENGRAM_ASSIGN_OR_RETURN(l.multipliers, GetIntArray(*m, prefix + "multipliers", std::numeric_limits<std::int64_t>::min(), kI64Max));
+    ENGRAM_ASSIGN_OR_RETURN(l.multipliers,
+                            GetIntArray(*m, prefix + "multipliers", std::numeric_limits<std::int64_t>::min(), kI64Max));
     auto p = lj.find("primes");
-    if (p == lj.end() || !p->is_array()) return FieldError(prefix + "primes", "missing or not an array of per-order arrays");
+    if (p == lj.end() || !p->is_array())
+      return FieldError(prefix + "primes", "missing or not an array of per-order arrays");
     if (static_cast<int>(p->size()) != orders) {
       return FieldError(prefix + "primes", fmt::format("{} orders, expected max_ngram - 1 = {}", p->size(), orders));
     }
@@ -172,23 +174,24 @@ Result<Layout> Layout::FromJson(std::string_view json, std::string_view source) 
   ENGRAM_ASSIGN_OR_RETURN(Layout layout, Create(std::move(spec).value()).WithContext(fmt::format("layout {}", source)));
   // Redundant fields, when given, must agree with what the primes and the row format imply.
   if (row_bytes_given >= 0 && row_bytes_given != layout.row_bytes()) {
-    return Status::InvalidArgument(fmt::format("layout {}: field row.bytes: {} does not match {} x {} = {} bytes", source,
-                                               row_bytes_given, RowFormatName(layout.row_format()), layout.spec().row_dim,
-                                               layout.row_bytes()));
+    return Status::InvalidArgument(fmt::format("layout {}: field row.bytes: {} does not match {} x {} = {} bytes",
+                                               source, row_bytes_given, RowFormatName(layout.row_format()),
+                                               layout.spec().row_dim, layout.row_bytes()));
   }
   for (int li = 0; li < layout.num_layers(); ++li) {
     const auto i = static_cast<std::size_t>(li);
     if (rows_given[i] >= 0 && rows_given[i] != layout.layer_rows(li)) {
-      return Status::InvalidArgument(fmt::format("layout {}: field layers[{}].rows: {} does not match the sum of its primes, {}",
-                                                 source, li, rows_given[i], layout.layer_rows(li)));
+      return Status::InvalidArgument(
+          fmt::format("layout {}: field layers[{}].rows: {} does not match the sum of its primes, {}", source, li,
+                      rows_given[i], layout.layer_rows(li)));
     }
     const auto& offs = offsets_given[i];
     for (std::size_t c = 0; c < offs.size(); ++c) {
       if (static_cast<int>(c) >= layout.columns() || offs[c] != layout.region_offset(li, static_cast<int>(c))) {
         const int col = static_cast<int>(c);
         return Status::InvalidArgument(fmt::format(
-            "layout {}: field layers[{}].offsets[n={}][h={}]: {} does not match the sum of the preceding primes, {}", source,
-            li, 2 + col / layout.heads(), col % layout.heads(), offs[c],
+            "layout {}: field layers[{}].offsets[n={}][h={}]: {} does not match the sum of the preceding primes, {}",
+            source, li, 2 + col / layout.heads(), col % layout.heads(), offs[c],
             col < layout.columns() ? layout.region_offset(li, col) : -1));
       }
     }
@@ -207,8 +210,8 @@ Result<Layout> Layout::Resolve(std::string_view preset_or_file) {
   }
   auto r = LoadFile(std::string(preset_or_file));
   if (!r.ok() && r.status().code() == StatusCode::kNotFound) {
-    return Status::NotFound(fmt::format("\"{}\" is neither a layout preset (deepseek-v4.1-flash, engram-demo) nor a file",
-                                        preset_or_file));
+    return Status::NotFound(
+        fmt::format("\"{}\" is neither a layout preset (deepseek-v4.1-flash, engram-demo) nor a file", preset_or_file));
   }
   return r;
 }

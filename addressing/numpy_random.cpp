@@ -75,7 +75,8 @@ Pcg64::Pcg64(std::uint64_t seed) {
   // generate_state(4, np.uint64) is generate_state(8, np.uint32) viewed as little-endian uint64.
   const auto w = SeedSequenceGenerateState32(seed, 8);
   std::uint64_t s[4];
-  for (int i = 0; i < 4; ++i) s[i] = static_cast<std::uint64_t>(w[2 * i]) | (static_cast<std::uint64_t>(w[2 * i + 1]) << 32);
+  for (int i = 0; i < 4; ++i)
+    s[i] = static_cast<std::uint64_t>(w[2 * i]) | (static_cast<std::uint64_t>(w[2 * i + 1]) << 32);
   const Uint128 init_state = (static_cast<Uint128>(s[0]) << 64) | s[1];
   const Uint128 init_seq = (static_cast<Uint128>(s[2]) << 64) | s[3];
   // pcg_setseq_128_srandom_r

@@ -58,13 +58,14 @@ Status Sequence::Append(std::span<const std::int32_t> ids, std::span<const std::
 Status Sequence::AppendAndHash(const Hasher& hasher, std::span<const std::int32_t> ids,
                                std::span<const std::uint8_t> dead, std::span<std::int64_t> rows) {
   if (hasher.max_ngram() - 1 != history_) {
-    return Status::InvalidArgument(fmt::format("append: hasher has max_ngram {}, sequence was made for {}",
-                                               hasher.max_ngram(), history_ + 1));
+    return Status::InvalidArgument(
+        fmt::format("append: hasher has max_ngram {}, sequence was made for {}", hasher.max_ngram(), history_ + 1));
   }
-  const std::size_t need = ids.size() * static_cast<std::size_t>(hasher.columns()) *
-                           static_cast<std::size_t>(hasher.num_layers());
+  const std::size_t need =
+      ids.size() * static_cast<std::size_t>(hasher.columns()) * static_cast<std::size_t>(hasher.num_layers());
   if (rows.size() != need) {
-    return Status::InvalidArgument(fmt::format("append: row buffer holds {} ids, {} tokens need {}", rows.size(), ids.size(), need));
+    return Status::InvalidArgument(
+        fmt::format("append: row buffer holds {} ids, {} tokens need {}", rows.size(), ids.size(), need));
   }
   // The window: history, then the new ids with DEAD marks applied.
   std::vector<std::int32_t> window(static_cast<std::size_t>(history_) + ids.size());
@@ -84,8 +85,8 @@ Status Sequence::Rollback(std::int64_t k) {
   const std::int64_t limit = max_rollback_now();
   if (k > limit) {
     return Status::OutOfRange(fmt::format(
-        "rollback: {} tokens exceeds the {} that the retained history allows (SequenceOptions.max_rollback = {})", k, limit,
-        static_cast<std::int64_t>(ring_.size()) - history_));
+        "rollback: {} tokens exceeds the {} that the retained history allows (SequenceOptions.max_rollback = {})", k,
+        limit, static_cast<std::int64_t>(ring_.size()) - history_));
   }
   length_ -= k;
   return Status::Ok();

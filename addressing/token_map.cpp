@@ -18,9 +18,10 @@ Result<TokenMap> TokenMap::FromIds(std::vector<std::int32_t> ids, std::string so
   std::int32_t max_id = -1;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < -1) {
-      return Status::Corruption(fmt::format("token map {}: entry {} (raw token id {}) holds {}; entries must be >= 0, or -1 "
-                                            "for an undefined token",
-                                            source, i, i, ids[i]));
+      return Status::Corruption(
+          fmt::format("token map {}: entry {} (raw token id {}) holds {}; entries must be >= 0, or -1 "
+                      "for an undefined token",
+                      source, i, i, ids[i]));
     }
     max_id = std::max(max_id, ids[i]);
   }
@@ -34,9 +35,9 @@ Result<TokenMap> TokenMap::FromIds(std::vector<std::int32_t> ids, std::string so
 
 Status TokenMap::CheckCompatible(const Layout& layout) const {
   if (compressed_vocab_size_ > layout.compressed_vocab_size()) {
-    return Status::InvalidArgument(fmt::format(
-        "token map {} has compressed ids up to {}, beyond layout \"{}\"'s compressed_vocab_size {}", source_,
-        compressed_vocab_size_ - 1, layout.name(), layout.compressed_vocab_size()));
+    return Status::InvalidArgument(
+        fmt::format("token map {} has compressed ids up to {}, beyond layout \"{}\"'s compressed_vocab_size {}",
+                    source_, compressed_vocab_size_ - 1, layout.name(), layout.compressed_vocab_size()));
   }
   const std::int32_t pad_token = layout.spec().pad_token_id;
   if (pad_token >= vocab_size() || ids_[static_cast<std::size_t>(pad_token)] != layout.pad_id()) {

@@ -25,7 +25,8 @@ inline std::vector<std::int32_t> LoadTraceCompressed() {
   auto raw = detail::ReadInt32File(trace);
   auto tm = TokenMap::LoadFile(map);
   if (!raw.ok() || !tm.ok()) {
-    std::fprintf(stderr, "cannot load the trace: %s %s\n", raw.status().ToString().c_str(), tm.status().ToString().c_str());
+    std::fprintf(stderr, "cannot load the trace: %s %s\n", raw.status().ToString().c_str(),
+                 tm.status().ToString().c_str());
     std::exit(1);
   }
   std::vector<std::int32_t> ids(raw->size());

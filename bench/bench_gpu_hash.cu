@@ -15,13 +15,13 @@
 
 namespace {
 
-#define CHECK_CUDA(expr)                                                                      \
-  do {                                                                                        \
-    cudaError_t e = (expr);                                                                   \
-    if (e != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e));                  \
-      std::exit(1);                                                                           \
-    }                                                                                         \
+#define CHECK_CUDA(expr)                                                     \
+  do {                                                                       \
+    cudaError_t e = (expr);                                                  \
+    if (e != cudaSuccess) {                                                  \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e)); \
+      std::exit(1);                                                          \
+    }                                                                        \
   } while (0)
 
 template <typename F>
@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
     for (std::size_t s = 0; s < ids.size(); s += kSeqLen) {
       const std::size_t len = std::min(kSeqLen, ids.size() - s);
       window.insert(window.end(), hist, layout.pad_id());
-      window.insert(window.end(), ids.begin() + static_cast<std::ptrdiff_t>(s), ids.begin() + static_cast<std::ptrdiff_t>(s + len));
+      window.insert(window.end(), ids.begin() + static_cast<std::ptrdiff_t>(s),
+                    ids.begin() + static_cast<std::ptrdiff_t>(s + len));
       begin.push_back(begin.back() + static_cast<std::uint32_t>(len));
     }
     const std::size_t rows = ids.size() * static_cast<std::size_t>(layout.columns());
@@ -93,8 +94,8 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMemcpy(d_begin, begin.data(), begin.size() * 4, cudaMemcpyHostToDevice));
     CHECK_CUDA(cudaMemset(d_copy, 1, rows * 8));
     const float memset_ms = MedianMs([&] { CHECK_CUDA(cudaMemsetAsync(d_rows, 0, rows * 8, stream)); }, stream, 20);
-    const float d2d_ms =
-        MedianMs([&] { CHECK_CUDA(cudaMemcpyAsync(d_rows, d_copy, rows * 8, cudaMemcpyDeviceToDevice, stream)); }, stream, 20);
+    const float d2d_ms = MedianMs(
+        [&] { CHECK_CUDA(cudaMemcpyAsync(d_rows, d_copy, rows * 8, cudaMemcpyDeviceToDevice, stream)); }, stream, 20);
     for (int li = 0; li < layout.num_layers(); ++li) {
       auto hasher = engram::gpu::DeviceLayerHasher::Create(layout, li);
       if (!hasher.ok()) {
@@ -118,7 +119,9 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaFree(d_rows));
     CHECK_CUDA(cudaFree(d_copy));
   }
-  std::printf("(vs write: time of a memset of the same output bytes over the kernel's time; d2d counts bytes read + written)\n");
+  std::printf(
+      "(vs write: time of a memset of the same output bytes over the kernel's time; d2d counts bytes read + "
+      "written)\n");
   CHECK_CUDA(cudaStreamDestroy(stream));
   return 0;
 }

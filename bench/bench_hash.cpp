@@ -22,7 +22,8 @@ const std::vector<std::int32_t>& Trace() {
 constexpr std::size_t kSeqLen = 4096;
 
 // The naive baseline: one pass over orders like the real hasher, `%` (a divide) per row.
-void NaiveHash(const Layout& layout, int li, std::span<const std::int32_t> ids, std::size_t seq_len, std::int64_t* out) {
+void NaiveHash(const Layout& layout, int li, std::span<const std::int32_t> ids, std::size_t seq_len,
+               std::int64_t* out) {
   const LayerSpec& l = layout.layer(li);
   const int n_max = layout.max_ngram();
   const int heads = layout.heads();

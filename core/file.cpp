@@ -1,18 +1,20 @@
 #include "file.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <bit>
 #include <cerrno>
 #include <cstring>
-#include <fmt/format.h>
 
 namespace engram::detail {
 namespace {
 
-std::string Errno(int err) { return std::strerror(err); }
+std::string Errno(int err) {
+  return std::strerror(err);
+}
 
 // Reads exactly `size` bytes (or up to EOF) into `dst`, retrying short reads and EINTR.
 Result<std::size_t> ReadAll(int fd, const std::string& path, char* dst, std::size_t size) {

@@ -35,9 +35,13 @@ const char* LevelName(LogLevel level) noexcept {
 
 }  // namespace
 
-LogLevel GetLogLevel() noexcept { return static_cast<LogLevel>(LevelStore().load(std::memory_order_relaxed)); }
+LogLevel GetLogLevel() noexcept {
+  return static_cast<LogLevel>(LevelStore().load(std::memory_order_relaxed));
+}
 
-void SetLogLevel(LogLevel level) noexcept { LevelStore().store(static_cast<int>(level), std::memory_order_relaxed); }
+void SetLogLevel(LogLevel level) noexcept {
+  LevelStore().store(static_cast<int>(level), std::memory_order_relaxed);
+}
 
 void LogMessage(LogLevel level, std::string_view message) noexcept {
   static std::mutex mu;

@@ -12,10 +12,11 @@ namespace engram::gpu::detail {
 
 inline Status CudaStatus(cudaError_t err, const char* expr, const char* file, int line) {
   if (err == cudaSuccess) return Status::Ok();
-  const StatusCode code = (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver ||
-                           err == cudaErrorInitializationError || err == cudaErrorSystemDriverMismatch)
-                              ? StatusCode::kUnavailable
-                              : (err == cudaErrorMemoryAllocation ? StatusCode::kResourceExhausted : StatusCode::kInternal);
+  const StatusCode code =
+      (err == cudaErrorNoDevice || err == cudaErrorInsufficientDriver || err == cudaErrorInitializationError ||
+       err == cudaErrorSystemDriverMismatch)
+          ? StatusCode::kUnavailable
+          : (err == cudaErrorMemoryAllocation ? StatusCode::kResourceExhausted : StatusCode::kInternal);
   return {code, std::string(expr) + " failed: " + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ") at " +
                     file + ":" + std::to_string(line)};
 }

@@ -23,13 +23,15 @@ struct KernelArgs {
 
 // One thread per output row (token t, column c): consecutive threads write consecutive row ids, so
 // stores are coalesced. The mix for column c's order is recomputed per thread from at most max_ngram
-// ids (cached loads); that costs less than the 8-byte store it feeds.
+// ids (cached loads); that costs less than the 8-byte store it feeds. Index is uint32_t when the batch
+// has fewer than 2^31 outputs (every realistic step): 64-bit division costs tens of instructions.
+template <typename Index>
 __global__ void HashKernel(KernelArgs a) {
-  const std::uint64_t total = static_cast<std::uint64_t>(a.batch.num_tokens) * static_cast<std::uint64_t>(a.columns);
-  const std::uint64_t stride = static_cast<std::uint64_t>(gridDim.x) * blockDim.x;
-  for (std::uint64_t i = static_cast<std::uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const auto t = static_cast<std::uint32_t>(i / static_cast<std::uint32_t>(a.columns));
-    const int c = static_cast<int>(i - static_cast<std::uint64_t>(t) * static_cast<std::uint32_t>(a.columns));
+  const Index total = static_cast<Index>(a.batch.num_tokens) * static_cast<Index>(a.columns);
+  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const auto t = static_cast<std::uint32_t>(i / static_cast<Index>(a.columns));
+    const int c = static_cast<int>(i - static_cast<Index>(t) * static_cast<Index>(a.columns));
     // The segment holding token t: the last s with segment_begin[s] <= t.
     std::uint32_t lo = 0;
     std::uint32_t hi = a.batch.num_segments;
@@ -71,7 +73,8 @@ Result<DeviceLayerHasher> DeviceLayerHasher::Create(const Layout& layout, int la
   h.heads_ = layout.heads();
   h.columns_ = layout.columns();
   h.pad_id_ = layout.pad_id();
-  for (int j = 0; j < h.max_ngram_; ++j) h.multipliers_[j] = static_cast<std::uint64_t>(l.multipliers[static_cast<std::size_t>(j)]);
+  for (int j = 0; j < h.max_ngram_; ++j)
+    h.multipliers_[j] = static_cast<std::uint64_t>(l.multipliers[static_cast<std::size_t>(j)]);
   std::vector<engram::detail::RegionHash> regions;
   for (int c = 0; c < h.columns_; ++c) {
     regions.push_back(engram::detail::MakeRegionHash(static_cast<std::uint64_t>(l.primes[static_cast<std::size_t>(c)]),
@@ -83,7 +86,9 @@ Result<DeviceLayerHasher> DeviceLayerHasher::Create(const Layout& layout, int la
   return Result<DeviceLayerHasher>(std::move(h));
 }
 
-DeviceLayerHasher::DeviceLayerHasher(DeviceLayerHasher&& o) noexcept { *this = std::move(o); }
+DeviceLayerHasher::DeviceLayerHasher(DeviceLayerHasher&& o) noexcept {
+  *this = std::move(o);
+}
 
 DeviceLayerHasher& DeviceLayerHasher::operator=(DeviceLayerHasher&& o) noexcept {
   if (this != &o) {
@@ -120,7 +125,11 @@ Status DeviceLayerHasher::HashAsync(const HashBatch& batch, Stream stream) const
   constexpr unsigned kThreads = 256;
   const std::uint64_t blocks_needed = (total + kThreads - 1) / kThreads;
   const auto blocks = static_cast<unsigned>(blocks_needed < (1U << 20) ? blocks_needed : (1U << 20));
-  HashKernel<<<blocks, kThreads, 0, stream>>>(a);
+  if (total < (1ULL << 31)) {  // i + stride stays below 2^32: no wrap-around
+    HashKernel<std::uint32_t><<<blocks, kThreads, 0, stream>>>(a);
+  } else {
+    HashKernel<std::uint64_t><<<blocks, kThreads, 0, stream>>>(a);
+  }
   ENGRAM_CUDA_RETURN(cudaGetLastError());
   return Status::Ok();
 }

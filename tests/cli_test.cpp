@@ -27,7 +27,8 @@ std::string Slurp(const std::string& path) {
 }
 
 CliResult RunCli(const test::TempDir& dir, const std::string& args) {
-  const std::string cmd = std::string(ENGRAM_CLI_PATH) + " " + args + " >" + dir.File("stdout") + " 2>" + dir.File("stderr");
+  const std::string cmd =
+      std::string(ENGRAM_CLI_PATH) + " " + args + " >" + dir.File("stdout") + " 2>" + dir.File("stderr");
   const int status = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -93,8 +94,8 @@ TEST(Cli, HashWritesReferenceRowsForCompressedIds) {
   test::TempDir dir;
   const std::int32_t ids[8] = {0, 3, 17, 99091, 5, 5, 2, 42};
   test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
-  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 14 --tokens " + dir.File("t.i32") + " --compressed --out " +
-                        dir.File("rows.i64"));
+  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 14 --tokens " + dir.File("t.i32") +
+                           " --compressed --out " + dir.File("rows.i64"));
   ASSERT_EQ(r.code, 0) << r.err;
   const auto rows = ReadI64(dir.File("rows.i64"));
   ASSERT_EQ(rows.size(), 8U * 24U);
@@ -106,8 +107,8 @@ TEST(Cli, HashOfTheRealTraceWithSeqLenMatchesTheLibrary) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   test::TempDir dir;
   auto r = RunCli(dir, "hash --layout engram-demo --layer 15 --tokens " + test::SharedData("brown.deepseek-v3.i32") +
-                        " --token-map " + test::SharedData("deepseek-v3.token-map.i32") + " --seq-len 4096 --out " +
-                        dir.File("rows.i64"));
+                           " --token-map " + test::SharedData("deepseek-v3.token-map.i32") + " --seq-len 4096 --out " +
+                           dir.File("rows.i64"));
   ASSERT_EQ(r.code, 0) << r.err;
   const auto rows = ReadI64(dir.File("rows.i64"));
   auto layout = Layout::Preset("engram-demo");
@@ -121,8 +122,8 @@ TEST(Cli, UnknownLayerIsAnErrorListingTheLayers) {
   test::TempDir dir;
   const std::int32_t ids[2] = {0, 1};
   test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
-  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 7 --tokens " + dir.File("t.i32") + " --compressed --out " +
-                        dir.File("o"));
+  auto r = RunCli(dir, "hash --layout deepseek-v4.1-flash --layer 7 --tokens " + dir.File("t.i32") +
+                           " --compressed --out " + dir.File("o"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("no Engram layer 7"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("1, 14"), std::string::npos) << r.err;
@@ -132,7 +133,8 @@ TEST(Cli, TruncatedTokenFileIsAnError) {
   test::TempDir dir;
   const std::int32_t ids[2] = {0, 1};
   test::WriteBytes(dir.File("t.i32"), ids, 7);
-  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens " + dir.File("t.i32") + " --compressed --out " + dir.File("o"));
+  auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens " + dir.File("t.i32") + " --compressed --out " +
+                           dir.File("o"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
 }
@@ -143,7 +145,7 @@ TEST(Cli, OutOfRangeTokenIsAnErrorNamingThePosition) {
   const std::int32_t ids[3] = {0, 1, 500000};
   test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
   auto r = RunCli(dir, "hash --layout engram-demo --layer 1 --tokens " + dir.File("t.i32") + " --token-map " +
-                        test::SharedData("deepseek-v3.token-map.i32") + " --out " + dir.File("o"));
+                           test::SharedData("deepseek-v3.token-map.i32") + " --out " + dir.File("o"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("token id 500000 at position 2"), std::string::npos) << r.err;
 }
@@ -157,8 +159,9 @@ TEST(Cli, TraceSummaryJsonCountsTokensAndDistinctRows) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("\"tokens\": 6"), std::string::npos) << r.out;
   // n=2 rows at t=1..5 come from 2-grams (10,11), (11,10): with t=0's (pad,10), 3 distinct per head.
-  EXPECT_NE(r.out.find("\"order\": 2,\n          \"head\": 0,\n          \"lookups\": 6,\n          \"distinct_rows\": 3"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find("\"order\": 2,\n          \"head\": 0,\n          \"lookups\": 6,\n          \"distinct_rows\": 3"),
+      std::string::npos)
       << r.out;
 }
 

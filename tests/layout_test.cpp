@@ -1,8 +1,9 @@
+#include "engram/layout.hpp"
+
 #include <gtest/gtest.h>
 
 #include <functional>
 
-#include "engram/layout.hpp"
 #include "test_util.hpp"
 
 namespace engram {
@@ -146,7 +147,8 @@ TEST(LayoutValidation, RowsThatDoNotMatchThePrimeSumAreRejected) {
 
 TEST(LayoutValidation, OffsetThatDoesNotMatchIsRejected) {
   // The first offset of n=2 h1 in layer 0 is 16000057.
-  const std::string err = ParseEdited([](std::string& s) { Replace(s, "16000057,\n          32000136", "16000057,\n          32000137"); });
+  const std::string err =
+      ParseEdited([](std::string& s) { Replace(s, "16000057,\n          32000136", "16000057,\n          32000137"); });
   EXPECT_NE(err.find("offsets"), std::string::npos) << err;
 }
 
@@ -191,9 +193,9 @@ TEST(Primality, AgreesWithTrialDivisionAndKnownLargePrimes) {
     }
     ASSERT_EQ(IsPrime(n), trial) << n;
   }
-  EXPECT_TRUE(IsPrime(18446744073709551557ULL));   // largest 64-bit prime
+  EXPECT_TRUE(IsPrime(18446744073709551557ULL));  // largest 64-bit prime
   EXPECT_FALSE(IsPrime(18446744073709551555ULL));
-  EXPECT_FALSE(IsPrime(3215031751ULL));             // strong pseudoprime to bases 2, 3, 5, 7
+  EXPECT_FALSE(IsPrime(3215031751ULL));  // strong pseudoprime to bases 2, 3, 5, 7
   EXPECT_TRUE(IsPrime(16000057));
 }
 

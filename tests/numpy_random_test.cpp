@@ -1,8 +1,8 @@
 // The numpy reproduction, checked against values numpy 1.24 prints (recorded here) and, through
 // LayoutGenerate.ReproducesBothPresets, against the reference multipliers.
-#include <gtest/gtest.h>
-
 #include "../addressing/numpy_random.hpp"
+
+#include <gtest/gtest.h>
 
 namespace engram::detail {
 namespace {

@@ -1,8 +1,9 @@
+#include "engram/sequence.hpp"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "engram/sequence.hpp"
 #include "test_util.hpp"
 
 namespace engram {
@@ -14,21 +15,24 @@ constexpr std::size_t kSeqLen = 3000;    // cut into sequences of this length
 class SequenceProperty : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(test::SharedData("brown.deepseek-v3.i32"))) GTEST_SKIP() << "skipped: ../shared/data missing";
+    if (!std::filesystem::exists(test::SharedData("brown.deepseek-v3.i32")))
+      GTEST_SKIP() << "skipped: ../shared/data missing";
     layout_ = std::make_unique<Layout>(*Layout::Preset(GetParam()));
     hasher_ = std::make_unique<Hasher>(*Hasher::Create(*layout_));
     const auto& all = test::BrownCompressed();
     for (std::size_t s = 0; s < kPrefix; s += kSeqLen) {
-      sequences_.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(s), all.begin() + static_cast<std::ptrdiff_t>(s + kSeqLen));
+      sequences_.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(s),
+                              all.begin() + static_cast<std::ptrdiff_t>(s + kSeqLen));
     }
   }
 
   [[nodiscard]] std::size_t RowsPerToken() const {
-    return static_cast<std::size_t>(hasher_->columns() * hasher_->num_layers());
+    return static_cast<std::size_t>(hasher_->columns()) * static_cast<std::size_t>(hasher_->num_layers());
   }
 
   // Rows per token, token-major ([t][layer][c]), from layer-major output of n tokens.
-  void AppendTokenMajor(const std::vector<std::int64_t>& layer_major, std::size_t n, std::vector<std::int64_t>& out) const {
+  void AppendTokenMajor(const std::vector<std::int64_t>& layer_major, std::size_t n,
+                        std::vector<std::int64_t>& out) const {
     const auto cols = static_cast<std::size_t>(hasher_->columns());
     for (std::size_t t = 0; t < n; ++t) {
       for (int l = 0; l < hasher_->num_layers(); ++l) {
@@ -39,8 +43,8 @@ class SequenceProperty : public ::testing::TestWithParam<const char*> {
   }
 
   // Hash `ids` appended to `seq` in chunks of the given sizes (cycled), token-major.
-  std::vector<std::int64_t> Feed(Sequence& seq, const std::vector<std::int32_t>& ids, const std::vector<std::size_t>& chunks,
-                                 const std::vector<std::uint8_t>& dead = {}) {
+  std::vector<std::int64_t> Feed(Sequence& seq, const std::vector<std::int32_t>& ids,
+                                 const std::vector<std::size_t>& chunks, const std::vector<std::uint8_t>& dead = {}) {
     std::vector<std::int64_t> out;
     std::size_t i = 0;
     for (std::size_t c = 0; i < ids.size(); ++c) {
@@ -55,13 +59,17 @@ class SequenceProperty : public ::testing::TestWithParam<const char*> {
   }
 
   // The literal reference, token-major.
-  std::vector<std::int64_t> Reference(const std::vector<std::int32_t>& ids, const std::vector<std::uint8_t>& dead = {}) const {
+  std::vector<std::int64_t> Reference(const std::vector<std::int32_t>& ids,
+                                      const std::vector<std::uint8_t>& dead = {}) const {
     std::vector<std::vector<std::int64_t>> per_layer;
+    per_layer.reserve(static_cast<std::size_t>(layout_->num_layers()));
     for (int l = 0; l < layout_->num_layers(); ++l) per_layer.push_back(test::ReferenceRows(*layout_, l, ids, dead));
     std::vector<std::int64_t> out;
     const auto cols = static_cast<std::size_t>(layout_->columns());
     for (std::size_t t = 0; t < ids.size(); ++t) {
-      for (const auto& rows : per_layer) out.insert(out.end(), rows.begin() + static_cast<std::ptrdiff_t>(t * cols), rows.begin() + static_cast<std::ptrdiff_t>((t + 1) * cols));
+      for (const auto& rows : per_layer)
+        out.insert(out.end(), rows.begin() + static_cast<std::ptrdiff_t>(t * cols),
+                   rows.begin() + static_cast<std::ptrdiff_t>((t + 1) * cols));
     }
     return out;
   }
@@ -135,11 +143,13 @@ TEST_P(SequenceProperty, ForkContinuesLikeParent) {
     const auto child_rows = Feed(child, other, {5});
     const auto parent_rows = Feed(parent, tail, {5});
     const auto full = Reference(ids);
-    ASSERT_TRUE(std::equal(parent_rows.begin(), parent_rows.end(), full.begin() + static_cast<std::ptrdiff_t>(split * RowsPerToken())));
+    ASSERT_TRUE(std::equal(parent_rows.begin(), parent_rows.end(),
+                           full.begin() + static_cast<std::ptrdiff_t>(split * RowsPerToken())));
     std::vector<std::int32_t> child_ids = head;
     child_ids.insert(child_ids.end(), other.begin(), other.end());
     const auto child_full = Reference(child_ids);
-    ASSERT_TRUE(std::equal(child_rows.begin(), child_rows.end(), child_full.begin() + static_cast<std::ptrdiff_t>(split * RowsPerToken())));
+    ASSERT_TRUE(std::equal(child_rows.begin(), child_rows.end(),
+                           child_full.begin() + static_cast<std::ptrdiff_t>(split * RowsPerToken())));
   }
 }
 
@@ -161,7 +171,9 @@ TEST_P(SequenceProperty, DeadMarksEqualReferenceInAnyChunking) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BothPresets, SequenceProperty, ::testing::Values("deepseek-v4.1-flash", "engram-demo"),
-                         [](const auto& pinfo) { return std::string(pinfo.param) == "engram-demo" ? "Demo" : "Flash"; });
+                         [](const auto& pinfo) {
+                           return std::string(pinfo.param) == "engram-demo" ? "Demo" : "Flash";
+                         });
 
 Sequence DemoSequence(std::uint32_t max_rollback) {
   return *Sequence::Create(*Layout::Preset("engram-demo"), SequenceOptions{.max_rollback = max_rollback});

@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "engram/status.hpp"
+
+#include <gtest/gtest.h>
 
 namespace engram {
 namespace {
@@ -28,7 +28,9 @@ TEST(Status, ContextIsPrependedAsErrorsPropagate) {
   EXPECT_EQ(r.status().ToString(), "invalid_argument: second halving: odd value 3");
 }
 
-TEST(Status, ContextOnOkStaysOk) { EXPECT_TRUE(Status::Ok().WithContext("x").ok()); }
+TEST(Status, ContextOnOkStaysOk) {
+  EXPECT_TRUE(Status::Ok().WithContext("x").ok());
+}
 
 TEST(Result, CarriesTheValue) {
   auto r = Quarter(8);

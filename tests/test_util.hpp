@@ -20,11 +20,11 @@ inline std::string SharedData(const std::string& name) {
   return std::string(dir != nullptr ? dir : ENGRAM_SHARED_DATA_DIR) + "/" + name;
 }
 
-#define ENGRAM_REQUIRE_SHARED_DATA(name)                                                                  \
-  do {                                                                                                    \
-    if (!std::filesystem::exists(::engram::test::SharedData(name))) {                                     \
+#define ENGRAM_REQUIRE_SHARED_DATA(name)                                                                 \
+  do {                                                                                                   \
+    if (!std::filesystem::exists(::engram::test::SharedData(name))) {                                    \
       GTEST_SKIP() << "skipped: " << ::engram::test::SharedData(name) << " is missing (../shared/data)"; \
-    }                                                                                                     \
+    }                                                                                                    \
   } while (0)
 
 // The real Brown trace compressed with the real token map (loaded once per process).

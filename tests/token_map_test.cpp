@@ -1,6 +1,7 @@
+#include "engram/token_map.hpp"
+
 #include <gtest/gtest.h>
 
-#include "engram/token_map.hpp"
 #include "test_util.hpp"
 
 namespace engram {

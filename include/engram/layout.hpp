@@ -35,8 +35,8 @@ Result<RowFormat> ParseRowFormat(std::string_view name);
 Result<std::uint32_t> RowBytes(RowFormat format, std::uint32_t dim);
 
 // Compile-time limits that keep per-token work in fixed-size arrays.
-inline constexpr int kMaxNgram = 8;    // orders 2..kMaxNgram
-inline constexpr int kMaxHeads = 64;   // heads per order
+inline constexpr int kMaxNgram = 8;   // orders 2..kMaxNgram
+inline constexpr int kMaxHeads = 64;  // heads per order
 inline constexpr int kMaxColumns = 256;
 inline constexpr int kMaxEngramLayers = 64;
 

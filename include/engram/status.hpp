@@ -74,7 +74,7 @@ namespace detail {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::in_place_index<1>, std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::in_place_index<1>, std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::in_place_index<0>, std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (std::get<0>(v_).ok()) {
       v_.template emplace<0>(StatusCode::kInternal, "Result constructed from an OK status without a value");
@@ -113,23 +113,25 @@ class [[nodiscard]] Result {
 #define ENGRAM_CONCAT_(a, b) ENGRAM_CONCAT_INNER_(a, b)
 
 // Returns the status of `expr` from the enclosing function if it is not OK.
-#define ENGRAM_RETURN_IF_ERROR(expr)                                     \
-  do {                                                                   \
-    ::engram::Status engram_status_ = (expr);                            \
-    if (!engram_status_.ok()) return engram_status_;                     \
+#define ENGRAM_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::engram::Status engram_status_ = (expr);        \
+    if (!engram_status_.ok()) return engram_status_; \
   } while (0)
 
 // Like ENGRAM_RETURN_IF_ERROR, prepending `context` (anything convertible to std::string_view).
-#define ENGRAM_RETURN_IF_ERROR_CTX(expr, context)                        \
-  do {                                                                   \
-    ::engram::Status engram_status_ = (expr);                            \
+#define ENGRAM_RETURN_IF_ERROR_CTX(expr, context)                                    \
+  do {                                                                               \
+    ::engram::Status engram_status_ = (expr);                                        \
     if (!engram_status_.ok()) return std::move(engram_status_).WithContext(context); \
   } while (0)
 
+// NOLINTBEGIN(bugprone-macro-parentheses): `lhs` may be a declaration, which cannot be parenthesised.
 #define ENGRAM_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                  \
   if (!tmp.ok()) return std::move(tmp).status();      \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 // `lhs = value of expr`, or return its status. `lhs` may declare a variable: ENGRAM_ASSIGN_OR_RETURN(auto x, F()).
 #define ENGRAM_ASSIGN_OR_RETURN(lhs, expr) \

@@ -35,8 +35,9 @@ Runner AddHashCommand(CLI::App& app) {
   AddLayoutOption(*cmd, args->layout, true);
   cmd->add_option("--layer", args->layer, "Backbone layer id of the Engram table (e.g. 1 or 14 for V4.1)")->required();
   cmd->add_option("--tokens", args->tokens, "Token ids, little-endian int32")->required();
-  auto* map = cmd->add_option("--token-map", args->token_map,
-                              "Raw -> compressed id map, little-endian int32 (e.g. ../shared/data/deepseek-v3.token-map.i32)");
+  auto* map =
+      cmd->add_option("--token-map", args->token_map,
+                      "Raw -> compressed id map, little-endian int32 (e.g. ../shared/data/deepseek-v3.token-map.i32)");
   auto* comp = cmd->add_flag("--compressed", args->compressed, "The token ids are already compressed ids (0..V'-1)");
   map->excludes(comp);
   cmd->add_option("--seq-len", args->seq_len, "Tokens per sequence; 0 means the whole file is one sequence")
@@ -45,7 +46,8 @@ Runner AddHashCommand(CLI::App& app) {
 
   return [args]() -> int {
     if (args->token_map.empty() && !args->compressed) {
-      return Fail("hash", Status::InvalidArgument("give --token-map FILE, or --compressed if the ids are already compressed"));
+      return Fail("hash",
+                  Status::InvalidArgument("give --token-map FILE, or --compressed if the ids are already compressed"));
     }
     auto layout = Layout::Resolve(args->layout);
     if (!layout.ok()) return Fail("hash", layout.status());

@@ -57,7 +57,8 @@ Runner AddLayoutCommand(CLI::App& app) {
       "  engram layout --layout v41.json --summary                # check a file, summarise it\n"
       "  engram layout generate --name my --layers 3,9 ...        # derive a new layout");
   auto* preset = cmd->add_option("--preset", args->preset, "A built-in layout: deepseek-v4.1-flash or engram-demo");
-  auto* file = cmd->add_option("--layout", args->layout, "A layout: preset name or JSON file, validated and re-printed");
+  auto* file =
+      cmd->add_option("--layout", args->layout, "A layout: preset name or JSON file, validated and re-printed");
   preset->excludes(file);
   cmd->add_flag("--summary", args->summary, "Print a human-readable summary instead of JSON");
   cmd->add_flag("--list", args->list, "List the preset names");
@@ -71,7 +72,9 @@ Runner AddLayoutCommand(CLI::App& app) {
   gen->add_option("--layers", args->layers, "Backbone layer ids that carry Engram tables, in config order (e.g. 1,14)")
       ->required()
       ->delimiter(',');
-  gen->add_option("--max-ngram", args->max_ngram, "Highest n-gram order (orders 2..N)")->required()->check(CLI::Range(2, kMaxNgram));
+  gen->add_option("--max-ngram", args->max_ngram, "Highest n-gram order (orders 2..N)")
+      ->required()
+      ->check(CLI::Range(2, kMaxNgram));
   gen->add_option("--heads", args->heads, "Hash heads per order")->required()->check(CLI::Range(1, kMaxHeads));
   gen->add_option("--base-size", args->base_sizes,
                   "Prime search start per order (one value for all orders, or one per order, comma-separated)")

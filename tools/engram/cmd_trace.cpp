@@ -103,7 +103,10 @@ int RunSummary(const TraceArgs& a) {
                            {"lookups", n},
                            {"distinct_rows", s.distinct[c]}});
       }
-      jl.push_back({{"layer_id", s.layer_id}, {"row_lookups", n * cols}, {"distinct_rows", s.distinct_total}, {"regions", regions}});
+      jl.push_back({{"layer_id", s.layer_id},
+                    {"row_lookups", n * cols},
+                    {"distinct_rows", s.distinct_total},
+                    {"regions", regions}});
     }
     j["layers"] = jl;
     std::puts(j.dump(2).c_str());
@@ -116,7 +119,8 @@ int RunSummary(const TraceArgs& a) {
               total_rows, layers, n, cols, best_s * 1e3, total_rows / best_s / 1e6);
   for (const auto& s : summaries) {
     std::printf("\nlayer %d: %zu row lookups, %lld distinct rows (%.1f%%)\n", s.layer_id, n * cols,
-                static_cast<long long>(s.distinct_total), n == 0 ? 0.0 : 100.0 * static_cast<double>(s.distinct_total) / static_cast<double>(n * cols));
+                static_cast<long long>(s.distinct_total),
+                n == 0 ? 0.0 : 100.0 * static_cast<double>(s.distinct_total) / static_cast<double>(n * cols));
     std::printf("  distinct rows per region (of %zu lookups each):\n  order", n);
     for (int k = 0; k < layout->heads(); ++k) std::printf("%10s", fmt::format("h{}", k).c_str());
     std::printf("%10s\n", "mean %");
@@ -124,7 +128,8 @@ int RunSummary(const TraceArgs& a) {
       std::printf("  n=%d  ", o + 2);
       double sum = 0;
       for (int k = 0; k < layout->heads(); ++k) {
-        const auto d = s.distinct[static_cast<std::size_t>(o * layout->heads() + k)];
+        const int column = o * layout->heads() + k;
+        const auto d = s.distinct[static_cast<std::size_t>(column)];
         sum += static_cast<double>(d);
         std::printf("%10lld", static_cast<long long>(d));
       }

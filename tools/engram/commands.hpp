@@ -24,8 +24,8 @@ int Fail(std::string_view command, const Status& status);
 
 // Reads a token file and returns compressed ids: through `token_map_path` if given, else the ids must
 // already be compressed (checked against the layout).
-Result<std::vector<std::int32_t>> LoadCompressedTokens(const std::string& tokens_path, const std::string& token_map_path,
-                                                       const Layout& layout);
+Result<std::vector<std::int32_t>> LoadCompressedTokens(const std::string& tokens_path,
+                                                       const std::string& token_map_path, const Layout& layout);
 
 // Options every command that reads a layout takes: --layout PRESET|FILE.
 void AddLayoutOption(CLI::App& cmd, std::string& value, bool required);

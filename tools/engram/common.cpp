@@ -9,7 +9,8 @@
 namespace engram::cli {
 
 int Fail(std::string_view command, const Status& status) {
-  std::fprintf(stderr, "engram %.*s: %s\n", static_cast<int>(command.size()), command.data(), status.ToString().c_str());
+  std::fprintf(stderr, "engram %.*s: %s\n", static_cast<int>(command.size()), command.data(),
+               status.ToString().c_str());
   return 1;
 }
 
@@ -20,8 +21,8 @@ void AddLayoutOption(CLI::App& cmd, std::string& value, bool required) {
   if (required) opt->required();
 }
 
-Result<std::vector<std::int32_t>> LoadCompressedTokens(const std::string& tokens_path, const std::string& token_map_path,
-                                                       const Layout& layout) {
+Result<std::vector<std::int32_t>> LoadCompressedTokens(const std::string& tokens_path,
+                                                       const std::string& token_map_path, const Layout& layout) {
   ENGRAM_ASSIGN_OR_RETURN(auto raw, detail::ReadInt32File(tokens_path).WithContext("tokens"));
   if (token_map_path.empty()) {
     ENGRAM_RETURN_IF_ERROR_CTX(CheckCompressedIds(raw, layout), fmt::format("tokens {} (--compressed)", tokens_path));

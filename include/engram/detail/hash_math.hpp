@@ -41,7 +41,9 @@ ENGRAM_HOST_DEVICE inline std::uint64_t MulHi64(std::uint64_t a, std::uint64_t b
 #endif
 }
 
-ENGRAM_HOST_DEVICE inline std::uint64_t Min64(std::uint64_t a, std::uint64_t b) { return a < b ? a : b; }
+ENGRAM_HOST_DEVICE inline std::uint64_t Min64(std::uint64_t a, std::uint64_t b) {
+  return a < b ? a : b;
+}
 
 ENGRAM_HOST_DEVICE inline std::int64_t RegionRow(std::uint64_t mix, const RegionHash& r) {
   const std::uint64_t u = mix ^ 0x8000000000000000ULL;

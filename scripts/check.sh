@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then builds and passes every check engram has.
+#   1. clang-format: every C++ file is formatted (.clang-format)
+#   2. Release build (with the GPU module when nvcc is present), warnings as errors, all tests
+#      (GPU tests skip with a message where there is no GPU)
+#   3. ASan + UBSan build of the host code, all tests
+#   4. clang-tidy over every project source file (.clang-tidy), warnings as errors
+# Exits non-zero on the first failure. CI (.ci/run) runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc)
+step() { printf '\n==> %s\n' "$*"; }
+
+step "clang-format"
+git ls-files '*.cpp' '*.hpp' '*.cu' '*.cuh' | xargs clang-format --dry-run --Werror
+
+step "release build and tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$jobs"
+(cd build && ctest -j "$jobs" --output-on-failure)
+
+step "ASan + UBSan build and tests"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DENGRAM_SANITIZE=address,undefined \
+  -DENGRAM_ENABLE_CUDA=OFF -DENGRAM_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j "$jobs"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest -j "$jobs" --output-on-failure)
+
+step "clang-tidy"
+run-clang-tidy-14 -p build -quiet -j "$jobs" "$(pwd)/(core|addressing|tools|tests|bench|memory|engram_store|prefetch)/.*\.cpp$" \
+  >build/clang-tidy.log 2>&1 || { grep -E 'warning:|error:' build/clang-tidy.log | sort -u; echo "clang-tidy failed"; exit 1; }
+echo "clang-tidy: clean"
+
+step "all checks passed"
