@@ -21,42 +21,60 @@ struct KernelArgs {
   int columns;
 };
 
-// One thread per output row (token t, column c): consecutive threads write consecutive row ids, so
-// stores are coalesced. The mix for column c's order is recomputed per thread from at most max_ngram
-// ids (cached loads); that costs less than the 8-byte store it feeds. Index is uint32_t when the batch
-// has fewer than 2^31 outputs (every realistic step): 64-bit division costs tens of instructions.
-template <typename Index>
-__global__ void HashKernel(KernelArgs a) {
-  const Index total = static_cast<Index>(a.batch.num_tokens) * static_cast<Index>(a.columns);
-  const Index stride = static_cast<Index>(gridDim.x) * blockDim.x;
-  for (Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
-    const auto t = static_cast<std::uint32_t>(i / static_cast<Index>(a.columns));
-    const int c = static_cast<int>(i - static_cast<Index>(t) * static_cast<Index>(a.columns));
-    // The segment holding token t: the last s with segment_begin[s] <= t.
-    std::uint32_t lo = 0;
-    std::uint32_t hi = a.batch.num_segments;
-    while (hi - lo > 1) {
-      const std::uint32_t mid = (lo + hi) / 2;
-      if (__ldg(a.batch.segment_begin + mid) <= t) {
-        lo = mid;
-      } else {
-        hi = mid;
+constexpr int kTileTokens = 128;  // tokens per tile = threads per block
+
+// Tiled in two phases per tile of kTileTokens tokens:
+//   1. one thread per token finds its segment (binary search over segment_begin), reads its window and
+//      computes the mix of every order into shared memory (once per token, not once per row);
+//   2. the block writes the tile's tokens x columns row ids in output order: consecutive threads write
+//      consecutive int64s (coalesced), each reducing a shared mix by its region's prime.
+// Region constants are staged in shared memory once per block. Grid-stride over tiles.
+__global__ void __launch_bounds__(kTileTokens) HashKernel(KernelArgs a) {
+  __shared__ engram::detail::RegionHash regions[kMaxColumns];
+  __shared__ std::uint64_t mixes[(kMaxNgram - 1) * kTileTokens];  // [order][token]
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int c = tid; c < a.columns; c += kTileTokens) regions[c] = a.regions[c];
+  const int orders = a.history;  // max_ngram - 1
+  const std::uint32_t tiles = (a.batch.num_tokens + kTileTokens - 1) / kTileTokens;
+  for (std::uint32_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::uint32_t t0 = tile * kTileTokens;
+    const std::uint32_t t = t0 + static_cast<std::uint32_t>(tid);
+    __syncthreads();  // regions staged; the previous tile's mixes consumed
+    if (t < a.batch.num_tokens) {
+      // The segment holding token t: the last s with segment_begin[s] <= t.
+      std::uint32_t lo = 0;
+      std::uint32_t hi = a.batch.num_segments;
+      while (hi - lo > 1) {
+        const std::uint32_t mid = (lo + hi) / 2;
+        if (__ldg(a.batch.segment_begin + mid) <= t) {
+          lo = mid;
+        } else {
+          hi = mid;
+        }
+      }
+      const std::uint32_t seg_begin = __ldg(a.batch.segment_begin + lo);
+      const std::int32_t* x = a.batch.window + static_cast<std::uint64_t>(seg_begin) +
+                              static_cast<std::uint64_t>(lo) * static_cast<std::uint32_t>(orders) +
+                              static_cast<std::uint32_t>(orders) + (t - seg_begin);
+      std::int32_t v = __ldg(x);
+      bool dead = v < 0;
+      std::uint64_t mix = (dead ? a.pad : static_cast<std::uint64_t>(v)) * a.multipliers[0];
+      for (int j = 1; j <= orders; ++j) {
+        v = __ldg(x - j);
+        dead = dead || v < 0;
+        mix ^= (dead ? a.pad : static_cast<std::uint64_t>(v)) * a.multipliers[j];
+        mixes[(j - 1) * kTileTokens + tid] = mix;
       }
     }
-    const std::uint32_t seg_begin = __ldg(a.batch.segment_begin + lo);
-    const std::int32_t* x = a.batch.window + static_cast<std::uint64_t>(seg_begin) +
-                            static_cast<std::uint64_t>(lo) * static_cast<std::uint32_t>(a.history) +
-                            static_cast<std::uint32_t>(a.history) + (t - seg_begin);
-    const int n = 2 + c / a.heads;
-    std::int32_t v = __ldg(x);
-    bool dead = v < 0;
-    std::uint64_t mix = (dead ? a.pad : static_cast<std::uint64_t>(v)) * a.multipliers[0];
-    for (int j = 1; j < n; ++j) {
-      v = __ldg(x - j);
-      dead = dead || v < 0;
-      mix ^= (dead ? a.pad : static_cast<std::uint64_t>(v)) * a.multipliers[j];
+    __syncthreads();
+    const std::uint32_t tile_tokens = min(static_cast<std::uint32_t>(kTileTokens), a.batch.num_tokens - t0);
+    const int count = static_cast<int>(tile_tokens) * a.columns;
+    std::int64_t* out = a.batch.rows + static_cast<std::uint64_t>(t0) * static_cast<std::uint32_t>(a.columns);
+    for (int k = tid; k < count; k += kTileTokens) {
+      const int tt = k / a.columns;
+      const int c = k - tt * a.columns;
+      out[k] = engram::detail::RegionRow(mixes[(c / a.heads) * kTileTokens + tt], regions[c]);
     }
-    a.batch.rows[i] = engram::detail::RegionRow(mix, a.regions[c]);
   }
 }
 
@@ -121,15 +139,10 @@ Status DeviceLayerHasher::HashAsync(const HashBatch& batch, Stream stream) const
   a.history = max_ngram_ - 1;
   a.heads = heads_;
   a.columns = columns_;
-  const std::uint64_t total = static_cast<std::uint64_t>(batch.num_tokens) * static_cast<std::uint64_t>(columns_);
-  constexpr unsigned kThreads = 256;
-  const std::uint64_t blocks_needed = (total + kThreads - 1) / kThreads;
-  const auto blocks = static_cast<unsigned>(blocks_needed < (1U << 20) ? blocks_needed : (1U << 20));
-  if (total < (1ULL << 31)) {  // i + stride stays below 2^32: no wrap-around
-    HashKernel<std::uint32_t><<<blocks, kThreads, 0, stream>>>(a);
-  } else {
-    HashKernel<std::uint64_t><<<blocks, kThreads, 0, stream>>>(a);
-  }
+  // Enough tiles in flight to fill the device several times over; the grid strides over the rest.
+  const std::uint32_t tiles = (batch.num_tokens + kTileTokens - 1) / kTileTokens;
+  const unsigned blocks = tiles < (1U << 16) ? tiles : (1U << 16);
+  HashKernel<<<blocks, kTileTokens, 0, stream>>>(a);
   ENGRAM_CUDA_RETURN(cudaGetLastError());
   return Status::Ok();
 }
