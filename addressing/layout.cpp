@@ -288,6 +288,22 @@ LayoutSpec SpecSkeleton(const LayoutGenerateOptions& o) {
 
 }  // namespace
 
+LayoutGenerateOptions GenerateOptionsFor(const LayoutSpec& spec) {
+  LayoutGenerateOptions o;
+  o.name = spec.name;
+  for (const LayerSpec& l : spec.layers) o.layer_ids.push_back(l.layer_id);
+  o.max_ngram = spec.max_ngram;
+  o.heads = spec.heads;
+  o.compressed_vocab_size = spec.compressed_vocab_size;
+  o.base_sizes = spec.base_sizes;
+  o.seed = spec.seed;
+  o.pad_token_id = spec.pad_token_id;
+  o.pad_id = spec.pad_id;
+  o.row_format = spec.row_format;
+  o.row_dim = spec.row_dim;
+  return o;
+}
+
 Result<LayoutSpec> GenerateLayoutSpec(const LayoutGenerateOptions& o) {
   LayoutSpec s = SpecSkeleton(o);
   if (o.layer_ids.empty()) return Status::InvalidArgument("generate: no layer ids");

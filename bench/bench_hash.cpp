@@ -53,16 +53,15 @@ void NaiveHash(const Layout& layout, int li, std::span<const std::int32_t> ids, 
 // Both benchmarks hash the whole trace one sequence (a prefill chunk of kSeqLen tokens) at a time into
 // one reused output buffer, as a serving step does: the rows stay in cache for their consumer, and the
 // figure is the hash's cost, not the memory system's write bandwidth.
-void BM_Hash(benchmark::State& state, const char* preset) {
-  auto layout = *Layout::Preset(preset);
-  auto hasher = *LayerHasher::Create(layout, 0);
+template <typename HashSequence>
+void HashTracePerSequence(benchmark::State& state, const Layout& layout, HashSequence&& hash_sequence) {
   const auto& ids = Trace();
   const auto cols = static_cast<std::size_t>(layout.columns());
   std::vector<std::int64_t> rows(kSeqLen * cols);
   for (auto _ : state) {
     for (std::size_t s = 0; s < ids.size(); s += kSeqLen) {
       const std::size_t n = std::min(kSeqLen, ids.size() - s);
-      (void)HashFreshSequences(hasher, std::span(ids).subspan(s, n), 0, std::span(rows).first(n * cols));
+      hash_sequence(std::span(ids).subspan(s, n), std::span(rows).first(n * cols));
       benchmark::DoNotOptimize(rows.data());
       benchmark::ClobberMemory();
     }
@@ -71,21 +70,19 @@ void BM_Hash(benchmark::State& state, const char* preset) {
       benchmark::Counter(static_cast<double>(ids.size() * cols), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void BM_Hash(benchmark::State& state, const char* preset) {
+  auto layout = *Layout::Preset(preset);
+  auto hasher = *LayerHasher::Create(layout, 0);
+  HashTracePerSequence(state, layout, [&](std::span<const std::int32_t> ids, std::span<std::int64_t> out) {
+    (void)HashFreshSequences(hasher, ids, 0, out);
+  });
+}
+
 void BM_NaiveDivide(benchmark::State& state, const char* preset) {
   auto layout = *Layout::Preset(preset);
-  const auto& ids = Trace();
-  const auto cols = static_cast<std::size_t>(layout.columns());
-  std::vector<std::int64_t> rows(kSeqLen * cols);
-  for (auto _ : state) {
-    for (std::size_t s = 0; s < ids.size(); s += kSeqLen) {
-      const std::size_t n = std::min(kSeqLen, ids.size() - s);
-      NaiveHash(layout, 0, std::span(ids).subspan(s, n), kSeqLen, rows.data());
-      benchmark::DoNotOptimize(rows.data());
-      benchmark::ClobberMemory();
-    }
-  }
-  state.counters["rows/s"] =
-      benchmark::Counter(static_cast<double>(ids.size() * cols), benchmark::Counter::kIsIterationInvariantRate);
+  HashTracePerSequence(state, layout, [&](std::span<const std::int32_t> ids, std::span<std::int64_t> out) {
+    NaiveHash(layout, 0, ids, kSeqLen, out.data());
+  });
 }
 
 BENCHMARK_CAPTURE(BM_Hash, flash, "deepseek-v4.1-flash")->Unit(benchmark::kMillisecond)->MinTime(1.0);

@@ -53,17 +53,7 @@ TEST(LayoutGenerate, ReproducesBothPresets) {
     auto preset = Layout::Preset(name);
     ASSERT_TRUE(preset.ok());
     const LayoutSpec& p = preset->spec();
-    LayoutGenerateOptions o;
-    o.name = p.name;
-    for (const auto& l : p.layers) o.layer_ids.push_back(l.layer_id);
-    o.max_ngram = p.max_ngram;
-    o.heads = p.heads;
-    o.compressed_vocab_size = p.compressed_vocab_size;
-    o.base_sizes = p.base_sizes;
-    o.seed = p.seed;
-    o.row_format = p.row_format;
-    o.row_dim = p.row_dim;
-    auto gen = GenerateLayoutSpec(o);
+    auto gen = GenerateLayoutSpec(GenerateOptionsFor(p));
     ASSERT_TRUE(gen.ok()) << gen.status().ToString();
     for (std::size_t i = 0; i < p.layers.size(); ++i) {
       EXPECT_EQ(gen->layers[i].primes, p.layers[i].primes) << name << " layer " << p.layers[i].layer_id;

@@ -89,6 +89,10 @@ struct LayoutGenerateOptions {
   std::int32_t row_dim = 0;
 };
 
+// The options that regenerate `spec` (same layers, orders, heads, V', base sizes, seed, row format). With
+// other base sizes, the same algorithm gives a smaller or larger table (what `engram synth` scales).
+LayoutGenerateOptions GenerateOptionsFor(const LayoutSpec& spec);
+
 // Runs the reference prime allocation and multiplier generation (numpy default_rng(seed + 10007 *
 // layer_id).integers(0, (INT64_MAX // V') // 2, size=max_ngram) * 2 + 1, reproduced bit for bit).
 Result<LayoutSpec> GenerateLayoutSpec(const LayoutGenerateOptions& options);
