@@ -14,15 +14,19 @@ int main(int argc, char** argv) {
   app.require_subcommand(1, 1);
   app.fallthrough(false);
 
-  std::vector<std::pair<CLI::App*, engram::cli::Runner>> commands;
+  // Each Add* registers one or more subcommands and returns the runner that serves them.
+  std::vector<std::pair<std::vector<CLI::App*>, engram::cli::Runner>> commands;
   auto add = [&](engram::cli::Runner (*fn)(CLI::App&)) {
     const std::size_t before = app.get_subcommands({}).size();
     engram::cli::Runner r = fn(app);
-    commands.emplace_back(app.get_subcommands({})[before], std::move(r));
+    const auto all = app.get_subcommands({});
+    commands.emplace_back(std::vector<CLI::App*>(all.begin() + static_cast<std::ptrdiff_t>(before), all.end()),
+                          std::move(r));
   };
   add(&engram::cli::AddLayoutCommand);
   add(&engram::cli::AddHashCommand);
   add(&engram::cli::AddTraceCommand);
+  add(&engram::cli::AddStoreCommands);
 
   try {
     app.parse(argc, argv);
@@ -31,8 +35,10 @@ int main(int argc, char** argv) {
     // CLI11 returns 0 for --help/--version; usage errors become exit code 2.
     return code == 0 ? 0 : 2;
   }
-  for (auto& [cmd, run] : commands) {
-    if (cmd->parsed()) return run();
+  for (auto& [cmds, run] : commands) {
+    for (CLI::App* cmd : cmds) {
+      if (cmd->parsed()) return run();
+    }
   }
   return 2;
 }

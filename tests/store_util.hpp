@@ -1,0 +1,26 @@
+// Synthetic checkpoints and stores for the store tests.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engram/store/store.hpp"
+#include "engram/store/synth.hpp"
+#include "test_util.hpp"
+
+namespace engram::test {
+
+// A synthetic checkpoint of `preset` scaled by `scale`, written once per process per (preset, scale).
+struct SynthCheckpoint {
+  std::string dir;
+  Layout layout;
+};
+const SynthCheckpoint& SmallCheckpoint(const std::string& preset, double scale);
+
+// The rows SynthRow would give, for comparison.
+std::vector<std::byte> ExpectedRows(const Layout& layout, int layer_index, const std::vector<std::int64_t>& rows);
+
+}  // namespace engram::test
