@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The store benchmark with its raw baselines, all measured in this run on the same disk:
+#   1. a synthetic V4.1-format checkpoint at --scale (default 0.01: ~1.9 GiB of rows)
+#   2. sequential write baseline: fio writing the same number of bytes (O_DIRECT, fsync at the end)
+#   3. engram ingest of the checkpoint (page cache dropped first when this user may), rate vs the baseline
+#   4. bench_store: random row reads through the store on real-trace batches vs a flat file at the same QD
+#   5. fio random 4 KiB reads (io_uring, O_DIRECT) of that flat file at each queue depth, and the ratio
+#
+#   bench/run_store_bench.sh [--scale 0.01] [--dir /tmp/engram-bench] [--seconds 3] [--threads 1,2,4,8]
+# Environment: BUILD (default build), FIO (default fio on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=0.01 dir=/tmp/engram-bench seconds=3 threads=1,2,4,8
+while [ $# -gt 0 ]; do
+  case $1 in
+    --scale) scale=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+build=${BUILD:-build}
+fio=${FIO:-fio}
+E=$build/tools/engram
+rm -rf "$dir" && mkdir -p "$dir"
+echo "== machine: $(nproc) cores, $(uname -r), disk of $dir: $(df -h "$dir" | awk 'NR==2 {print $1, $2}')"
+
+$E synth --layout deepseek-v4.1-flash --scale "$scale" --out "$dir/ck" --quiet
+bytes=$(du -cb "$dir"/ck/*.safetensors | tail -1 | cut -f1)
+mib=$((bytes / 1048576))
+
+echo "== sequential write baseline: fio, ${mib} MiB, 1 MiB blocks, O_DIRECT, QD 8, fsync at end"
+$fio --name=seqw --filename="$dir/seqw.bin" --rw=write --bs=1M --size="${mib}M" --direct=1 --ioengine=io_uring \
+  --iodepth=8 --end_fsync=1 --output-format=json >"$dir/fio-seqw.json"
+seqw=$(python3 -c "import json; j=json.load(open('$dir/fio-seqw.json')); print(j['jobs'][0]['write']['bw_bytes']/1048576)")
+rm -f "$dir/seqw.bin"
+printf 'fio sequential write: %.0f MiB/s\n' "$seqw"
+
+sync
+if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then echo "(page cache dropped)"; else echo "(page cache NOT dropped: not permitted)"; fi
+echo "== engram ingest"
+out=$($E ingest --layout "$dir/ck/layout.json" --checkpoint "$dir/ck" --store "$dir/store" --quiet)
+echo "$out"
+rate=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
+python3 -c "print(f'ingest / sequential write = {$rate / $seqw:.2f} (target >= 0.50)')"
+
+echo "== random row reads through the store (bench_store)"
+$build/bench/bench_store --store "$dir/store" --flat "$dir/flat.bin" --seconds "$seconds" --threads "$threads" \
+  --csv "$dir/store.csv"
+
+echo "== fio random 4 KiB reads of the flat file (io_uring, O_DIRECT, one job)"
+printf '%-5s %10s %12s %12s %8s\n' QD "fio IOPS" "decode pg/s" "ratio" ""
+for t in ${threads//,/ }; do
+  qd=$((32 * t))
+  $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
+    --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$qd.json"
+  python3 - "$dir" "$qd" "$t" <<'PY'
+import csv, json, sys
+d, qd, t = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+iops = json.load(open(f"{d}/fio-rr-{qd}.json"))["jobs"][0]["read"]["iops"]
+row = next(r for r in csv.DictReader(open(f"{d}/store.csv")) if r["source"].startswith("decode") and int(r["threads"]) == t)
+pg = float(row["pages_per_s"])
+print(f"{qd:<5} {iops:10.0f} {pg:12.0f} {pg / iops:11.0%}  (store decode pages/s over fio IOPS; target >= 80%)")
+PY
+done
