@@ -31,6 +31,7 @@ Progress::~Progress() {
 }
 
 void Progress::Add(std::uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
   done_ += bytes;
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
@@ -41,6 +42,7 @@ void Progress::Add(std::uint64_t bytes) {
 }
 
 void Progress::Done() {
+  std::lock_guard<std::mutex> lock(mu_);
   if (finished_) return;
   finished_ = true;
   if (enabled_) Draw(true);

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 namespace engram::detail {
@@ -16,12 +17,14 @@ class Progress {
   Progress& operator=(const Progress&) = delete;
   ~Progress();
 
+  // Thread-safe.
   void Add(std::uint64_t bytes);
   // Ends the line (on a terminal) with the final rate.
   void Done();
 
  private:
   void Draw(bool final);
+  std::mutex mu_;
   std::string label_;
   std::uint64_t total_;
   std::uint64_t done_ = 0;

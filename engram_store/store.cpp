@@ -546,45 +546,49 @@ Result<VersionId> Store::Ingest(const Checkpoint& checkpoint, const IngestOption
   engram::detail::Progress progress("ingest " + checkpoint.dir(), total_bytes, !im.options.progress);
 
   rocksdb::EnvOptions env_options;
-  rocksdb::Options sst_options(im.DbOptions(), im.GenerationOptions());
-  rocksdb::SstFileWriter writer(env_options, sst_options, cf);
-  std::vector<std::string> files;
-  bool open = false;
-  auto open_next = [&]() -> Status {
-    files.push_back(fmt::format("{}/{:06d}.sst", tmp, files.size()));
-    open = true;
-    return FromRocks(writer.Open(files.back()), fmt::format("open {}", files.back()));
+  const rocksdb::Options sst_options(im.DbOptions(), im.GenerationOptions());
+  // Tensor checksums are XXH3 trees: XXH3 of the XXH3 digests of consecutive chunks of chunk_rows rows,
+  // so that chunks can be hashed by different threads (docs/store.md).
+  const std::uint64_t chunk_rows = static_cast<std::uint64_t>(rpk) * 4096;  // ~16 MiB of 264 B rows
+  const std::uint64_t unit_chunks = std::max<std::uint64_t>(1, im.options.ingest_file_bytes / (chunk_rows * row_bytes));
+  // Units of work: whole chunks of one layer, about ingest_file_bytes each; each writes one SST file.
+  struct Unit {
+    int layer;
+    std::uint64_t first_chunk;
+    std::uint64_t chunks;
+    std::string file;
   };
-  GenerationRecord record;
-  record.id = gen_id;
-  constexpr std::uint64_t kChunkPages = 4096;  // ~16 MiB of rows per read
-  std::vector<std::byte> weight;
-  std::vector<std::byte> scale;
-  std::string value;
+  std::vector<Unit> units;
+  std::vector<std::vector<std::vector<std::uint64_t>>> digests(static_cast<std::size_t>(layout.num_layers()));
   for (int li = 0; li < layout.num_layers(); ++li) {
     const auto rows = static_cast<std::uint64_t>(layout.layer_rows(li));
-    const auto& ts = tensors[static_cast<std::size_t>(li)];
-    const std::size_t wbytes = fp8 ? dim : row_bytes;
-    std::vector<XXH3_state_t*> hashes;
-    for (std::size_t k = 0; k < ts.size(); ++k) {
-      hashes.push_back(XXH3_createState());
-      XXH3_64bits_reset(hashes.back());
+    const std::uint64_t nchunks = (rows + chunk_rows - 1) / chunk_rows;
+    digests[static_cast<std::size_t>(li)].assign(tensors[static_cast<std::size_t>(li)].size(),
+                                                 std::vector<std::uint64_t>(nchunks));
+    for (std::uint64_t c = 0; c < nchunks; c += unit_chunks) {
+      units.push_back({li, c, std::min(unit_chunks, nchunks - c), fmt::format("{}/{:06d}.sst", tmp, units.size())});
     }
-    struct FreeStates {
-      std::vector<XXH3_state_t*>& s;
-      ~FreeStates() {
-        for (auto* p : s) XXH3_freeState(p);
-      }
-    } free_states{hashes};
-    for (std::uint64_t r0 = 0; r0 < rows; r0 += kChunkPages * rpk) {
-      const std::uint64_t n = std::min<std::uint64_t>(kChunkPages * rpk, rows - r0);
+  }
+  auto write_unit = [&](const Unit& u) -> Status {
+    const auto& ts = tensors[static_cast<std::size_t>(u.layer)];
+    auto& dg = digests[static_cast<std::size_t>(u.layer)];
+    const auto rows = static_cast<std::uint64_t>(layout.layer_rows(u.layer));
+    const std::size_t wbytes = fp8 ? dim : row_bytes;
+    rocksdb::SstFileWriter writer(env_options, sst_options, cf);
+    ENGRAM_RETURN_IF_ERROR(FromRocks(writer.Open(u.file), fmt::format("open {}", u.file)));
+    std::vector<std::byte> weight;
+    std::vector<std::byte> scale;
+    std::string value;
+    for (std::uint64_t c = u.first_chunk; c < u.first_chunk + u.chunks; ++c) {
+      const std::uint64_t r0 = c * chunk_rows;
+      const std::uint64_t n = std::min(chunk_rows, rows - r0);
       weight.resize(n * wbytes);
       ENGRAM_RETURN_IF_ERROR(ReadTensorBytes(ts[0], r0 * wbytes, weight).WithContext("ingest"));
-      XXH3_64bits_update(hashes[0], weight.data(), weight.size());
+      dg[0][c] = XXH3_64bits(weight.data(), weight.size());
       if (fp8) {
         scale.resize(n * (dim / 32));
         ENGRAM_RETURN_IF_ERROR(ReadTensorBytes(ts[1], r0 * (dim / 32), scale).WithContext("ingest"));
-        XXH3_64bits_update(hashes[1], scale.data(), scale.size());
+        dg[1][c] = XXH3_64bits(scale.data(), scale.size());
       }
       for (std::uint64_t p0 = 0; p0 < n; p0 += rpk) {
         const std::uint64_t m = std::min<std::uint64_t>(rpk, n - p0);
@@ -594,21 +598,39 @@ Result<VersionId> Store::Ingest(const Checkpoint& checkpoint, const IngestOption
           std::memcpy(dst, weight.data() + (p0 + r) * wbytes, wbytes);
           if (fp8) std::memcpy(dst + dim, scale.data() + (p0 + r) * (dim / 32), dim / 32);
         }
-        if (!open) ENGRAM_RETURN_IF_ERROR(open_next());
         ENGRAM_RETURN_IF_ERROR(
-            FromRocks(writer.Put(detail::PageKey(li, (r0 + p0) / rpk), value), fmt::format("write {}", files.back())));
-        if (writer.FileSize() >= im.options.ingest_file_bytes) {
-          ENGRAM_RETURN_IF_ERROR(FromRocks(writer.Finish(), fmt::format("finish {}", files.back())));
-          open = false;
-        }
+            FromRocks(writer.Put(detail::PageKey(u.layer, (r0 + p0) / rpk), value), fmt::format("write {}", u.file)));
       }
       progress.Add(weight.size() + scale.size());
     }
-    for (std::size_t k = 0; k < ts.size(); ++k)
-      record.tensors.push_back({ts[k].name, ts[k].size, XXH3_64bits_digest(hashes[k])});
-    record.rows += rows;
+    return FromRocks(writer.Finish(), fmt::format("finish {}", u.file));
+  };
+  // Units run in parallel: one thread's reads overlap the others' packing and writing.
+  std::vector<Status> unit_status(units.size());
+  std::atomic<bool> failed{false};
+  {
+    engram::detail::ThreadPool pool(std::max<std::uint32_t>(1, im.options.ingest_threads) - 1);
+    pool.ParallelFor(units.size(), [&](std::size_t i) {
+      if (failed.load()) return;
+      unit_status[i] = write_unit(units[i]);
+      if (!unit_status[i].ok()) failed = true;
+    });
   }
-  if (open) ENGRAM_RETURN_IF_ERROR(FromRocks(writer.Finish(), fmt::format("finish {}", files.back())));
+  for (const Status& s : unit_status) ENGRAM_RETURN_IF_ERROR(s);
+  GenerationRecord record;
+  record.id = gen_id;
+  record.checksum_chunk_rows = chunk_rows;
+  for (int li = 0; li < layout.num_layers(); ++li) {
+    const auto& ts = tensors[static_cast<std::size_t>(li)];
+    for (std::size_t k = 0; k < ts.size(); ++k) {
+      const auto& d = digests[static_cast<std::size_t>(li)][k];
+      record.tensors.push_back({ts[k].name, ts[k].size, XXH3_64bits(d.data(), d.size() * sizeof(std::uint64_t))});
+    }
+    record.rows += static_cast<std::uint64_t>(layout.layer_rows(li));
+  }
+  std::vector<std::string> files;
+  files.reserve(units.size());
+  for (const Unit& u : units) files.push_back(u.file);
   rocksdb::IngestExternalFileOptions ingest;
   ingest.move_files = true;
   ENGRAM_RETURN_IF_ERROR(FromRocks(im.holder->db->IngestExternalFile(cf, files, ingest),
@@ -860,6 +882,16 @@ Result<VerifyReport> Store::Verify(VersionId version) {
   const Layout& layout = *im.layout;
   std::vector<TensorChecksum> expected = tensor_checksums(version);
   const std::uint64_t rpk = im.manifest.rows_per_key;
+  std::uint64_t chunk_rows = 0;
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    const VersionInfo* vi = im.FindVersion(version);
+    for (const auto& g : im.manifest.generations) {
+      if (vi != nullptr && g.id == vi->generation) chunk_rows = g.checksum_chunk_rows;
+    }
+  }
+  if (chunk_rows == 0)
+    return Status::Corruption(fmt::format("store {}: manifest lacks the checksum chunk size", im.dir));
   const std::size_t row_bytes = layout.row_bytes();
   const bool fp8 = layout.row_format() == RowFormat::kFp8E4M3E8M0;
   const auto dim = static_cast<std::size_t>(layout.spec().row_dim);
@@ -887,6 +919,7 @@ Result<VerifyReport> Store::Verify(VersionId version) {
   for (int li = 0; li < layout.num_layers(); ++li) {
     const std::int32_t layer_id = layout.layer(li).layer_id;
     const auto rows = static_cast<std::uint64_t>(layout.layer_rows(li));
+    // The XXH3 tree of each tensor: one digest per chunk_rows rows, then XXH3 of the digests.
     XXH3_state_t* hw = XXH3_createState();
     XXH3_state_t* hs = XXH3_createState();
     XXH3_64bits_reset(hw);
@@ -899,6 +932,13 @@ Result<VerifyReport> Store::Verify(VersionId version) {
         XXH3_freeState(b);
       }
     } free_states{hw, hs};
+    std::vector<std::uint64_t> chunk_digests[2];
+    auto close_chunk = [&] {
+      chunk_digests[0].push_back(XXH3_64bits_digest(hw));
+      chunk_digests[1].push_back(XXH3_64bits_digest(hs));
+      XXH3_64bits_reset(hw);
+      XXH3_64bits_reset(hs);
+    };
     for (std::uint64_t page = 0; page * rpk < rows; ++page) {
       const std::uint64_t first = page * rpk;
       const std::uint64_t count = std::min<std::uint64_t>(rpk, rows - first);
@@ -920,6 +960,7 @@ Result<VerifyReport> Store::Verify(VersionId version) {
       }
       const char* v = it->value().data();
       for (std::uint64_t r = 0; r < count; ++r) {
+        if ((first + r) % chunk_rows == 0 && first + r > 0) close_chunk();
         if (fp8) {
           XXH3_64bits_update(hw, v + r * row_bytes, dim);
           XXH3_64bits_update(hs, v + r * row_bytes + dim, dim / 32);
@@ -932,7 +973,10 @@ Result<VerifyReport> Store::Verify(VersionId version) {
       progress.Add(count * row_bytes);
       it->Next();
     }
-    const std::uint64_t digests[2] = {XXH3_64bits_digest(hw), XXH3_64bits_digest(hs)};
+    close_chunk();
+    const std::uint64_t digests[2] = {
+        XXH3_64bits(chunk_digests[0].data(), chunk_digests[0].size() * sizeof(std::uint64_t)),
+        XXH3_64bits(chunk_digests[1].data(), chunk_digests[1].size() * sizeof(std::uint64_t))};
     for (int part = 0; part < (fp8 ? 2 : 1); ++part, ++tensor_index) {
       if (tensor_index >= expected.size()) {
         return record_failure(Status::Corruption(fmt::format("store {}: manifest lacks tensor checksums", im.dir)));

@@ -75,7 +75,8 @@ std::string EncodeManifest(const Manifest& m) {
   for (const GenerationRecord& g : m.generations) {
     nlohmann::ordered_json ts = nlohmann::ordered_json::array();
     for (const TensorChecksum& t : g.tensors) ts.push_back({{"name", t.name}, {"bytes", t.bytes}, {"xxh3", t.xxh3}});
-    gs.push_back({{"id", g.id}, {"rows", g.rows}, {"tensors", std::move(ts)}});
+    gs.push_back(
+        {{"id", g.id}, {"rows", g.rows}, {"checksum_chunk_rows", g.checksum_chunk_rows}, {"tensors", std::move(ts)}});
   }
   j["generations"] = std::move(gs);
   j["last_verification"] = m.last_verification;
@@ -109,6 +110,7 @@ Result<Manifest> DecodeManifest(const std::string& text) {
       GenerationRecord rec;
       rec.id = g.at("id").get<std::uint64_t>();
       rec.rows = g.at("rows").get<std::uint64_t>();
+      rec.checksum_chunk_rows = g.at("checksum_chunk_rows").get<std::uint64_t>();
       for (const auto& t : g.at("tensors")) {
         rec.tensors.push_back(
             {t.at("name").get<std::string>(), t.at("bytes").get<std::uint64_t>(), t.at("xxh3").get<std::uint64_t>()});

@@ -30,6 +30,7 @@ struct GenerationRecord {
   std::uint64_t id = 0;
   std::vector<TensorChecksum> tensors;
   std::uint64_t rows = 0;
+  std::uint64_t checksum_chunk_rows = 0;  // rows per leaf of the tensors' XXH3 trees
 };
 
 struct Manifest {

@@ -48,6 +48,8 @@ struct StoreOptions {
   std::uint32_t read_threads = 8;
   // Target size of the SST files an ingest writes. Default: 1 GiB.
   std::uint64_t ingest_file_bytes = 1ULL << 30;
+  // Threads that read, pack and write SST files in parallel during an ingest. Default: 4.
+  std::uint32_t ingest_threads = 4;
   // Progress lines on stderr for ingest/verify (only on a terminal). Default: false (quiet).
   bool progress = false;
 };
@@ -65,7 +67,9 @@ struct VersionInfo {
 struct TensorChecksum {
   std::string name;
   std::uint64_t bytes = 0;
-  std::uint64_t xxh3 = 0;  // XXH3-64 of the tensor's bytes, computed while ingesting
+  // XXH3 tree of the tensor's bytes, computed while ingesting: XXH3-64 of the little-endian XXH3-64 digests of
+  // consecutive chunks of the manifest's checksum_chunk_rows rows (docs/store.md).
+  std::uint64_t xxh3 = 0;
 };
 
 struct IngestOptions {
