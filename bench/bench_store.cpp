@@ -77,17 +77,25 @@ bool WriteFlat(engram::store::Store& st, const std::string& path, std::uint32_t 
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return false;
   auto h = *st.Pin(*st.Latest());
-  std::vector<std::byte> page(4096);
+  // 4096 pages per ReadRows call (the store reads them in parallel), written out one 4 KiB page per page.
+  const std::int64_t per_call = static_cast<std::int64_t>(rpk) * 4096;
+  std::vector<std::byte> pages;
   std::vector<std::int64_t> ids;
   std::vector<std::byte> buf;
-  for (std::int64_t r0 = 0; r0 < rows; r0 += rpk) {
-    ids.clear();
-    for (std::int64_t r = r0; r < std::min<std::int64_t>(r0 + rpk, rows); ++r) ids.push_back(r);
+  for (std::int64_t r0 = 0; r0 < rows; r0 += per_call) {
+    const std::int64_t n = std::min(per_call, rows - r0);
+    ids.resize(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = r0 + i;
     buf.resize(ids.size() * l.row_bytes());
     if (!st.ReadRows(h, 0, ids, buf).ok()) return false;
-    std::fill(page.begin(), page.end(), std::byte{0});
-    std::memcpy(page.data(), buf.data(), buf.size());
-    if (::write(fd, page.data(), page.size()) != 4096) return false;
+    const std::size_t npages = (static_cast<std::size_t>(n) + rpk - 1) / rpk;
+    pages.assign(npages * 4096, std::byte{0});
+    for (std::size_t p = 0; p < npages; ++p) {
+      const std::size_t first = p * rpk;
+      const std::size_t count = std::min<std::size_t>(rpk, static_cast<std::size_t>(n) - first);
+      std::memcpy(pages.data() + p * 4096, buf.data() + first * l.row_bytes(), count * l.row_bytes());
+    }
+    if (::write(fd, pages.data(), pages.size()) != static_cast<ssize_t>(pages.size())) return false;
   }
   ::fsync(fd);
   ::close(fd);
