@@ -3,8 +3,10 @@
 // read from a flat file by offset with io_uring and O_DIRECT, at the same queue depth (threads x 32,
 // RocksDB's MultiGet batch). bench/run_store_bench.sh adds fio on the same flat file.
 //
-//   bench_store --store DIR --flat FILE [--seconds 3] [--threads 1,2,4,8] [--csv FILE]
+//   bench_store --store DIR --flat FILE [--seconds 3] [--configs 1x32,2x32,4x32,8x32] [--csv FILE]
+// A config TxK runs T reader threads with K keys per MultiGet: queue depth T x K.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <liburing.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -102,61 +104,51 @@ bool WriteFlat(engram::store::Store& st, const std::string& path, std::uint32_t 
   return true;
 }
 
-// Reads the pages of every batch from the flat file: `threads` threads, each keeping up to 32 reads in
-// flight (the store's per-thread MultiGet batch). Returns pages read per second.
-double FlatIops(const std::string& path, const std::vector<std::vector<std::uint64_t>>& page_batches, int threads,
+// Reads the pages of every batch from the flat file with one io_uring kept `qd` reads deep (like one
+// fio job at iodepth qd). Returns pages read per second.
+double FlatIops(const std::string& path, const std::vector<std::vector<std::uint64_t>>& page_batches, unsigned qd,
                 double seconds) {
-  std::atomic<std::uint64_t> done{0};
-  std::atomic<std::size_t> next_batch{0};
-  const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-  auto worker = [&] {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
-    io_uring ring{};
-    io_uring_queue_init(32, &ring, 0);
-    void* mem = nullptr;
-    posix_memalign(&mem, 4096, 32 * 4096);
-    auto* buf = static_cast<char*>(mem);
-    while (Clock::now() < deadline) {
-      const auto& pages = page_batches[next_batch.fetch_add(1) % page_batches.size()];
-      std::size_t submitted = 0;
-      std::size_t completed = 0;
-      unsigned in_flight = 0;
-      while (completed < pages.size()) {
-        while (submitted < pages.size() && in_flight < 32) {
-          io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-          io_uring_prep_read(sqe, fd, buf + (submitted % 32) * 4096, 4096, pages[submitted] * 4096);
-          ++submitted;
-          ++in_flight;
-        }
-        io_uring_submit_and_wait(&ring, 1);
-        io_uring_cqe* cqe = nullptr;
-        while (io_uring_peek_cqe(&ring, &cqe) == 0) {
-          io_uring_cqe_seen(&ring, cqe);
-          --in_flight;
-          ++completed;
-        }
-      }
-      done.fetch_add(pages.size());
-    }
-    free(mem);
-    io_uring_queue_exit(&ring);
-    ::close(fd);
-  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
+  io_uring ring{};
+  io_uring_queue_init(qd, &ring, 0);
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 4096, static_cast<std::size_t>(qd) * 4096) != 0) return 0;
+  auto* buf = static_cast<char*>(mem);
+  std::vector<unsigned> free_slots;
+  for (unsigned i = 0; i < qd; ++i) free_slots.push_back(i);
+  std::uint64_t done = 0;
+  std::size_t batch = 0;
+  std::size_t pos = 0;
   const auto t0 = Clock::now();
-  std::vector<std::thread> ts;
-  for (int i = 0; i < threads; ++i) ts.emplace_back(worker);
-  for (auto& t : ts) t.join();
-  return static_cast<double>(done.load()) / std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::vector<int> ParseList(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p != 0;) {
-    v.push_back(std::atoi(p));
-    while (*p != 0 && *p != ',') ++p;
-    if (*p == ',') ++p;
+  const auto deadline = t0 + std::chrono::duration<double>(seconds);
+  unsigned in_flight = 0;
+  while (Clock::now() < deadline || in_flight > 0) {
+    while (!free_slots.empty() && Clock::now() < deadline) {
+      if (pos == page_batches[batch].size()) {
+        batch = (batch + 1) % page_batches.size();
+        pos = 0;
+      }
+      const unsigned slot = free_slots.back();
+      free_slots.pop_back();
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+      io_uring_prep_read(sqe, fd, buf + static_cast<std::size_t>(slot) * 4096, 4096, page_batches[batch][pos++] * 4096);
+      io_uring_sqe_set_data64(sqe, slot);
+      ++in_flight;
+    }
+    io_uring_submit_and_wait(&ring, 1);
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(&ring, &cqe) == 0) {
+      free_slots.push_back(static_cast<unsigned>(io_uring_cqe_get_data64(cqe)));
+      io_uring_cqe_seen(&ring, cqe);
+      --in_flight;
+      ++done;
+    }
   }
-  return v;
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  free(mem);
+  io_uring_queue_exit(&ring);
+  ::close(fd);
+  return static_cast<double>(done) / secs;
 }
 
 }  // namespace
@@ -166,7 +158,8 @@ int main(int argc, char** argv) {
   std::string flat;
   std::string csv;
   double seconds = 3;
-  std::vector<int> thread_counts = {1, 2, 4, 8};
+  // (threads, keys per MultiGet)
+  std::vector<std::pair<int, int>> configs = {{1, 32}, {2, 32}, {4, 32}, {8, 32}};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--store")
@@ -175,9 +168,17 @@ int main(int argc, char** argv) {
       flat = argv[i + 1];
     else if (a == "--seconds")
       seconds = std::atof(argv[i + 1]);
-    else if (a == "--threads")
-      thread_counts = ParseList(argv[i + 1]);
-    else if (a == "--csv")
+    else if (a == "--configs") {
+      configs.clear();
+      for (const char* p = argv[i + 1]; *p != 0;) {
+        const int t = std::atoi(p);
+        while (*p != 0 && *p != 'x') ++p;
+        const int k = *p == 'x' ? std::atoi(++p) : 32;
+        configs.emplace_back(t, k);
+        while (*p != 0 && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    } else if (a == "--csv")
       csv = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
@@ -185,7 +186,8 @@ int main(int argc, char** argv) {
     }
   }
   if (store_dir.empty() || flat.empty()) {
-    std::fprintf(stderr, "usage: bench_store --store DIR --flat FILE [--seconds S] [--threads 1,2,4,8] [--csv FILE]\n");
+    std::fprintf(stderr,
+                 "usage: bench_store --store DIR --flat FILE [--seconds S] [--configs 1x32,4x8,...] [--csv FILE]\n");
     return 2;
   }
   const auto ids = engram::bench::LoadTraceCompressed();
@@ -208,10 +210,10 @@ int main(int argc, char** argv) {
   if (out != nullptr) {
     std::fprintf(
         out,
-        "source,threads,qd,rows_per_s,pages_per_s,disk_reads_per_s,flat_pages_per_s,ratio,cpu_us_per_row,p50_ms,"
+        "source,threads,keys,qd,rows_per_s,pages_per_s,disk_reads_per_s,flat_pages_per_s,ratio,cpu_us_per_row,p50_ms,"
         "p99_ms,disk_bytes_per_row,rows_per_page\n");
   }
-  std::printf("%-28s %3s %4s %11s %10s %10s %10s %6s %8s %8s %8s %7s %7s\n", "batches", "thr", "QD", "rows/s",
+  std::printf("%-28s %5s %4s %11s %10s %10s %10s %6s %8s %8s %8s %7s %7s\n", "batches", "thr", "QD", "rows/s",
               "pages/s", "disk rd/s", "flat pg/s", "ratio", "CPU us/r", "p50 ms", "p99 ms", "B/row", "dedupe");
   for (const Batches& src : sources) {
     std::vector<std::vector<std::uint64_t>> page_batches;
@@ -227,9 +229,11 @@ int main(int argc, char** argv) {
       distinct += pages.size();
       page_batches.push_back(std::move(pages));
     }
-    for (int threads : thread_counts) {
+    for (auto [threads, keys] : configs) {
+      const int qd = threads * keys;
       engram::store::StoreOptions o;
       o.read_threads = static_cast<std::uint32_t>(threads);
+      o.multiget_keys = static_cast<std::uint32_t>(keys);
       auto st = engram::store::Store::Open(store_dir, o);
       if (!st.ok()) return 1;
       auto h = *(*st)->Pin(*(*st)->Latest());
@@ -259,17 +263,17 @@ int main(int argc, char** argv) {
       const auto io1 = (*st)->io_stats();
       const double disk_reads = static_cast<double>(io1.reads - io0.reads) / wall;
       const double pages_s = static_cast<double>(pages_read) / wall;
-      const double flat_iops = FlatIops(flat, page_batches, threads, seconds);
+      const double flat_iops = FlatIops(flat, page_batches, static_cast<unsigned>(qd), seconds);
       const double rows_s = static_cast<double>(rows_served) / wall;
       const double bytes_per_row = static_cast<double>(io1.bytes - io0.bytes) / static_cast<double>(rows_served);
       const double dedupe = static_cast<double>(requested) / static_cast<double>(distinct);
-      std::printf("%-28s %3d %4d %11.0f %10.0f %10.0f %10.0f %5.0f%% %8.2f %8.2f %8.2f %7.0f %6.2fx\n",
-                  src.name.c_str(), threads, 32 * threads, rows_s, pages_s, disk_reads, flat_iops,
-                  100.0 * pages_s / flat_iops, cpu / static_cast<double>(rows_served) * 1e6, Percentile(lat_ms, 0.5),
-                  Percentile(lat_ms, 0.99), bytes_per_row, dedupe);
+      std::printf("%-28s %5s %4d %11.0f %10.0f %10.0f %10.0f %5.0f%% %8.2f %8.2f %8.2f %7.0f %6.2fx\n",
+                  src.name.c_str(), fmt::format("{}x{}", threads, keys).c_str(), qd, rows_s, pages_s, disk_reads,
+                  flat_iops, 100.0 * pages_s / flat_iops, cpu / static_cast<double>(rows_served) * 1e6,
+                  Percentile(lat_ms, 0.5), Percentile(lat_ms, 0.99), bytes_per_row, dedupe);
       if (out != nullptr) {
-        std::fprintf(out, "%s,%d,%d,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f\n", src.name.c_str(), threads,
-                     32 * threads, rows_s, pages_s, disk_reads, flat_iops, pages_s / flat_iops,
+        std::fprintf(out, "%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f\n", src.name.c_str(), threads,
+                     keys, qd, rows_s, pages_s, disk_reads, flat_iops, pages_s / flat_iops,
                      cpu / static_cast<double>(rows_served) * 1e6, Percentile(lat_ms, 0.5), Percentile(lat_ms, 0.99),
                      bytes_per_row, dedupe);
       }
@@ -280,7 +284,8 @@ int main(int argc, char** argv) {
       "(pages/s: distinct 4 KiB pages (RocksDB keys) the store delivered per second; disk rd/s: read requests it\n"
       " issued (RocksDB merges adjacent blocks into one); flat pg/s: the same pages read from a flat file with "
       "io_uring\n"
-      " + O_DIRECT, threads x 32 in flight; ratio: pages/s over flat pg/s; B/row: disk bytes per row served; dedupe:\n"
+      " + O_DIRECT by one io_uring kept QD deep; thr: threads x keys per MultiGet; ratio: pages/s over flat pg/s; "
+      "B/row: disk bytes per row served; dedupe:\n"
       " rows requested per distinct page)\n");
   return 0;
 }

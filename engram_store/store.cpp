@@ -806,8 +806,8 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
 
   std::vector<rocksdb::PinnableSlice> page_values(pages.size());
   std::vector<rocksdb::Status> page_status(pages.size());
-  // Batches of keys, MultiGet in parallel (RocksDB turns each 32-key batch into one MultiRead per file).
-  constexpr std::size_t kBatch = 256;
+  // Groups of multiget_keys keys, one MultiGet each, run on read_threads threads.
+  const std::size_t kBatch = std::clamp<std::size_t>(im.options.multiget_keys, 1, 32);
   const std::size_t batches = (pages.size() + kBatch - 1) / kBatch;
   rocksdb::DB* db = st.holder->db.get();
   rocksdb::ReadOptions ro;

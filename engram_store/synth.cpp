@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "../core/file.hpp"
 #include "../core/progress.hpp"
@@ -120,9 +121,9 @@ void SynthRow(const Layout& layout, int layer_index, std::uint64_t row, std::spa
 }
 
 Status WriteSynthCheckpoint(const Layout& layout, const std::string& dir, const SynthOptions& options) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    return Status::IOError(fmt::format("mkdir {}: {}", dir, std::strerror(errno)));
-  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status::IOError(fmt::format("create {}: {}", dir, ec.message()));
   const bool fp8 = layout.row_format() == RowFormat::kFp8E4M3E8M0;
   const std::size_t row_bytes = layout.row_bytes();
   const auto dim = static_cast<std::size_t>(layout.spec().row_dim);

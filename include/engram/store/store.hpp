@@ -43,9 +43,12 @@ struct StoreOptions {
   // Bytes of RocksDB block cache for data blocks. 0: none (the host tier above caches rows; every read
   // reaches the disk). Index blocks are always held in memory. Default: 0.
   std::uint64_t block_cache_bytes = 0;
-  // Threads that run MultiGets of one large read in parallel (RocksDB batches 32 keys per MultiRead).
-  // Default: 8.
+  // Threads that run the MultiGets of one read in parallel. Default: 8.
   std::uint32_t read_threads = 8;
+  // Keys per MultiGet call (1..32; RocksDB turns each call's keys into one MultiRead per file, so one thread
+  // has at most this many reads in flight). The read's queue depth is about read_threads x
+  // multiget_keys; more threads with fewer keys each keep the queue fuller (docs/store.md). Default: 32.
+  std::uint32_t multiget_keys = 32;
   // Target size of the SST files an ingest writes. Default: 1 GiB.
   std::uint64_t ingest_file_bytes = 1ULL << 30;
   // Threads that read, pack and write SST files in parallel during an ingest. Default: 4.
