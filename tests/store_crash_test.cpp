@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "engram/store/store.hpp"
@@ -75,6 +76,37 @@ TEST(StoreCrash, SigkillDuringIngestLeavesThePreviousVersionIntact) {
   EXPECT_LT(static_cast<double>((*st)->Info().bytes_on_disk), 1.3 * table);
   EXPECT_FALSE(std::filesystem::exists(dir.File("store/ingest-tmp-g2")));
   std::printf("kills: %zu, ingests that completed before the kill: %d\n", std::size(fractions), complete);
+}
+
+}  // namespace
+}  // namespace engram::store
+
+namespace engram::store {
+namespace {
+
+// A write that fails mid-ingest (the file-size limit stands in for a full disk: write() gets EFBIG, with
+// SIGXFSZ ignored): the ingest reports an error naming what it was writing, and version 1 is intact.
+TEST(StoreFaults, AFailedWriteDuringIngestLeavesThePreviousVersion) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", 0.0005);
+  test::TempDir dir;
+  const std::string layout = ck.dir + "/layout.json";
+  ASSERT_EQ(Wait(SpawnIngest(layout, ck.dir, dir.File("store"))), 0);
+  // 20 MiB file-size limit: the second ingest's SST file (~100 MiB) cannot be written.
+  const std::string cmd = "sh -c \"trap '' XFSZ; ulimit -f 20480; exec " + std::string(ENGRAM_CLI_PATH) +
+                          " ingest --layout " + layout + " --checkpoint " + ck.dir + " --store " + dir.File("store") +
+                          " --quiet\" 2>" + dir.File("err");
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  std::ifstream err(dir.File("err"));
+  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+  EXPECT_NE(message.find("File too large"), std::string::npos) << message;
+  EXPECT_NE(message.find(".sst"), std::string::npos) << message;
+  auto st = Store::Open(dir.File("store"), StoreOptions{}, &ck.layout);
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  ASSERT_EQ((*st)->versions().size(), 1U);
+  EXPECT_TRUE((*st)->Verify(1).ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.File("store/ingest-tmp-g2")));
 }
 
 }  // namespace

@@ -402,3 +402,39 @@ TEST(StoreIo, OneMultiGetBatchReachesTheDiskAsOneIoUringSubmission) {
 
 }  // namespace
 }  // namespace engram::store
+
+namespace engram::store {
+namespace {
+
+// bf16 and f16 tables ([rows, dim] weights, no scales) ingest and read back like f32 and fp8 ones.
+class HalfFormats : public ::testing::TestWithParam<RowFormat> {};
+
+TEST_P(HalfFormats, IngestAndReadBack) {
+  LayoutGenerateOptions o = GenerateOptionsFor(Layout::Preset("engram-demo")->spec());
+  o.name = "half";
+  o.base_sizes = {1500, 1500};
+  o.row_format = GetParam();
+  o.row_dim = 128;
+  auto layout = Layout::Create(*GenerateLayoutSpec(o));
+  ASSERT_TRUE(layout.ok()) << layout.status().ToString();
+  test::TempDir dir;
+  SynthOptions so;
+  so.quiet = true;
+  ASSERT_TRUE(WriteSynthCheckpoint(*layout, dir.File("ck"), so).ok());
+  auto c = Checkpoint::Open(dir.File("ck"));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->Find("layers.1.engram.embed.weight")->dtype,
+            GetParam() == RowFormat::kBF16 ? DType::kBF16 : DType::kF16);
+  auto st = Store::Create(dir.File("store"), *layout, nullptr, Opts());
+  ASSERT_TRUE(st.ok());
+  auto v = (*st)->Ingest(*c);
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  ExpectEveryRowReadsBack(**st, *v);
+  EXPECT_TRUE((*st)->Verify(*v).ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Store, HalfFormats, ::testing::Values(RowFormat::kBF16, RowFormat::kF16),
+                         [](const auto& pinfo) { return std::string(RowFormatName(pinfo.param)); });
+
+}  // namespace
+}  // namespace engram::store
