@@ -8,6 +8,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 namespace engram::detail {
 namespace {
@@ -16,53 +17,54 @@ std::string Errno(int err) {
   return std::strerror(err);
 }
 
-// Reads exactly `size` bytes (or up to EOF) into `dst`, retrying short reads and EINTR.
-Result<std::size_t> ReadAll(int fd, const std::string& path, char* dst, std::size_t size) {
-  std::size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::read(fd, dst + done, size - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::IOError(fmt::format("read {}: {}", path, Errno(errno)));
-    }
-    if (n == 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  return done;
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 }  // namespace
 
-Result<std::string> ReadFileToString(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    int err = errno;
-    Status s(err == ENOENT ? StatusCode::kNotFound : StatusCode::kIOError,
-             fmt::format("open {}: {}", path, Errno(err)));
-    return s;
+UniqueFd& UniqueFd::operator=(UniqueFd&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(o.fd_, -1);
   }
+  return *this;
+}
+
+UniqueFd::~UniqueFd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<UniqueFd> OpenReadOnly(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    return Status(err == ENOENT ? StatusCode::kNotFound : StatusCode::kIOError,
+                  fmt::format("open {}: {}", path, Errno(err)));
+  }
+  return UniqueFd(fd);
+}
+
+Status PreadExact(int fd, const std::string& path, std::uint64_t offset, std::span<std::byte> out) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::IOError(fmt::format("read {} at offset {}: {}", path, offset + done, Errno(errno)));
+    }
+    if (n == 0) {
+      return Status::Corruption(
+          fmt::format("read {}: file ends at offset {} ({} bytes short)", path, offset + done, out.size() - done));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Result<std::string> ReadFileToString(const std::string& path) {
+  ENGRAM_ASSIGN_OR_RETURN(UniqueFd fd, OpenReadOnly(path));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Status::IOError(fmt::format("stat {}: {}", path, Errno(errno)));
   if (!S_ISREG(st.st_mode)) return Status::InvalidArgument(fmt::format("{} is not a regular file", path));
   std::string out(static_cast<std::size_t>(st.st_size), '\0');
-  ENGRAM_ASSIGN_OR_RETURN(std::size_t n, ReadAll(fd.get(), path, out.data(), out.size()));
-  if (n != out.size()) {
-    return Status::IOError(fmt::format("read {}: file shrank from {} to {} bytes while reading", path, out.size(), n));
-  }
+  ENGRAM_RETURN_IF_ERROR(PreadExact(fd.get(), path, 0, std::as_writable_bytes(std::span(out))));
   return out;
 }
 
@@ -80,7 +82,7 @@ Result<std::vector<std::int32_t>> ReadInt32File(const std::string& path) {
 }
 
 Status WriteFile(const std::string& path, std::span<const std::byte> bytes) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Status::IOError(fmt::format("create {}: {}", path, Errno(errno)));
   std::size_t done = 0;
   while (done < bytes.size()) {

@@ -37,38 +37,6 @@ Status Corrupt(const std::string& path, std::string_view what) {
   return Status::Corruption(fmt::format("safetensors {}: {}", path, what));
 }
 
-// pread exactly out.size() bytes at `offset`; a short file is kCorruption (truncated).
-Status PreadAll(int fd, const std::string& path, std::uint64_t offset, std::span<std::byte> out) {
-  std::size_t done = 0;
-  while (done < out.size()) {
-    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::IOError(fmt::format("read {} at offset {}: {}", path, offset + done, std::strerror(errno)));
-    }
-    if (n == 0) {
-      return Status::Corruption(
-          fmt::format("read {}: file ends at offset {} ({} bytes short)", path, offset + done, out.size() - done));
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  return Status::Ok();
-}
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 Result<TensorInfo> ParseTensor(const std::string& path, const std::string& name, const Json& entry,
                                std::uint64_t data_start, std::uint64_t data_size) {
   const std::string where = fmt::format("tensor {}", name);
@@ -146,12 +114,7 @@ std::uint32_t DTypeBytes(DType dtype) noexcept {
 }
 
 Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    const int err = errno;
-    return Status(err == ENOENT ? StatusCode::kNotFound : StatusCode::kIOError,
-                  fmt::format("open {}: {}", path, std::strerror(err)));
-  }
+  ENGRAM_ASSIGN_OR_RETURN(engram::detail::UniqueFd fd, engram::detail::OpenReadOnly(path));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return Status::IOError(fmt::format("stat {}: {}", path, std::strerror(errno)));
   SafetensorsFile f;
@@ -160,7 +123,8 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   if (f.file_size_ < 8)
     return Corrupt(path, fmt::format("{} bytes is too short for the 8-byte header length", f.file_size_));
   std::uint64_t header_len = 0;
-  ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), path, 0, std::as_writable_bytes(std::span(&header_len, 1))));
+  ENGRAM_RETURN_IF_ERROR(
+      engram::detail::PreadExact(fd.get(), path, 0, std::as_writable_bytes(std::span(&header_len, 1))));
   if (header_len > kMaxSafetensorsHeader) {
     return Corrupt(path, fmt::format("header length {} exceeds the {} byte limit", header_len, kMaxSafetensorsHeader));
   }
@@ -169,7 +133,7 @@ Result<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
                    fmt::format("header length {} runs past the end of the {}-byte file", header_len, f.file_size_));
   }
   std::string header(header_len, '\0');
-  ENGRAM_RETURN_IF_ERROR(PreadAll(fd.get(), path, 8, std::as_writable_bytes(std::span(header))));
+  ENGRAM_RETURN_IF_ERROR(engram::detail::PreadExact(fd.get(), path, 8, std::as_writable_bytes(std::span(header))));
   Json root;
   try {
     root = Json::parse(header);
@@ -288,9 +252,8 @@ Status ReadTensorBytes(const TensorInfo& tensor, std::uint64_t offset, std::span
     return Status::OutOfRange(fmt::format("tensor {} in {}: bytes [{}, {}) are outside its {} bytes", tensor.name,
                                           tensor.file, offset, offset + out.size(), tensor.size));
   }
-  Fd fd(::open(tensor.file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) return Status::IOError(fmt::format("open {}: {}", tensor.file, std::strerror(errno)));
-  return PreadAll(fd.get(), tensor.file, tensor.offset + offset, out)
+  ENGRAM_ASSIGN_OR_RETURN(engram::detail::UniqueFd fd, engram::detail::OpenReadOnly(tensor.file));
+  return engram::detail::PreadExact(fd.get(), tensor.file, tensor.offset + offset, out)
       .WithContext(fmt::format("tensor {}", tensor.name));
 }
 
