@@ -106,8 +106,11 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         do {
           rc = io_uring_submit(ring.get());
         } while (rc == -EINTR || rc == -EAGAIN);
-        if (rc < 0)
+        if (rc < 0) {
+          in_flight -= queued;  // nothing of this round reached the kernel
+          Drain(ring, in_flight);
           return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_submit: {}", name_, std::strerror(-rc)));
+        }
         stats_->submissions.fetch_add(1, std::memory_order_relaxed);
         stats_->reads.fetch_add(queued, std::memory_order_relaxed);
       }
@@ -117,8 +120,10 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
       do {
         rc = io_uring_wait_cqe(ring.get(), &cqe);
       } while (rc == -EINTR);
-      if (rc < 0)
+      if (rc < 0) {
+        Drain(ring, in_flight);
         return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_wait_cqe: {}", name_, std::strerror(-rc)));
+      }
       while (cqe != nullptr) {
         const auto i = static_cast<std::size_t>(io_uring_cqe_get_data64(cqe));
         const int res = cqe->res;
@@ -157,6 +162,19 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
   }
 
   [[nodiscard]] bool use_direct_io() const override { return true; }
+
+  // Before returning an error, wait for the reads still in flight: they write into the caller's buffers
+  // and their completions must not be mistaken for a later call's.
+  static void Drain(Ring& ring, std::size_t in_flight) {
+    while (in_flight > 0) {
+      io_uring_cqe* cqe = nullptr;
+      const int rc = io_uring_wait_cqe(ring.get(), &cqe);
+      if (rc == -EINTR) continue;
+      if (rc < 0) return;  // the ring is unusable; nothing more can be reaped
+      io_uring_cqe_seen(ring.get(), cqe);
+      --in_flight;
+    }
+  }
   [[nodiscard]] std::size_t GetRequiredBufferAlignment() const override { return alignment_; }
 
  private:

@@ -85,7 +85,12 @@ std::uint32_t DefaultRowsPerKey(std::uint32_t row_bytes) {
 
 // ---- shared state ----------------------------------------------------------------------------------
 
+// The database and everything it uses. Members are destroyed in reverse order, so the DB closes before
+// its Env and FileSystem go, even when a VersionHandle outlives the Store.
 struct DbHolder {
+  std::shared_ptr<IoUringFileSystem> uring_fs;  // null in kPosix mode
+  std::unique_ptr<rocksdb::Env> uring_env;
+  std::shared_ptr<rocksdb::Cache> block_cache;
   std::unique_ptr<rocksdb::DB> db;
   std::mutex cf_mu;  // guards creating/dropping column families
 };
@@ -132,11 +137,8 @@ struct Store::Impl {
   StoreOptions options;
   std::optional<Layout> layout;
   std::optional<TokenMap> token_map;
-  // Declared before the database so that they outlive it (members are destroyed in reverse order).
-  std::shared_ptr<IoUringFileSystem> uring_fs;  // null in kPosix mode
-  std::unique_ptr<rocksdb::Env> uring_env;
-  std::shared_ptr<rocksdb::Cache> block_cache;
-  std::shared_ptr<DbHolder> holder;
+  std::shared_ptr<DbHolder> holder = std::make_shared<DbHolder>();
+  std::uint32_t rows_per_key = 0;  // fixed at creation; read without the lock
   rocksdb::ColumnFamilyHandle* edits_cf = nullptr;
   std::unique_ptr<engram::detail::ThreadPool> pool;
 
@@ -170,8 +172,8 @@ struct Store::Impl {
     t.index_type = rocksdb::BlockBasedTableOptions::kBinarySearch;
     t.cache_index_and_filter_blocks = false;  // index blocks live with the (always open) table readers
     t.filter_policy = nullptr;                // every key exists: a filter would only cost memory
-    if (block_cache) {
-      t.block_cache = block_cache;
+    if (holder->block_cache) {
+      t.block_cache = holder->block_cache;
     } else {
       t.no_block_cache = true;
     }
@@ -194,7 +196,7 @@ struct Store::Impl {
     o.max_open_files = -1;  // keep every table reader (and its index) open
     o.info_log_level = rocksdb::WARN_LEVEL;
     o.keep_log_file_num = 2;
-    if (uring_fs) o.env = uring_env.get();
+    if (holder->uring_fs) o.env = holder->uring_env.get();
     return o;
   }
 
@@ -272,10 +274,12 @@ namespace {
 
 Status MakeIo(Store::Impl& impl) {
   if (impl.options.io == IoMode::kIoUring) {
-    ENGRAM_ASSIGN_OR_RETURN(impl.uring_fs, IoUringFileSystem::Create(rocksdb::FileSystem::Default()));
-    impl.uring_env = rocksdb::NewCompositeEnv(impl.uring_fs);
+    ENGRAM_ASSIGN_OR_RETURN(impl.holder->uring_fs, IoUringFileSystem::Create(rocksdb::FileSystem::Default()));
+    impl.holder->uring_env = rocksdb::NewCompositeEnv(impl.holder->uring_fs);
   }
-  if (impl.options.block_cache_bytes > 0) impl.block_cache = rocksdb::NewLRUCache(impl.options.block_cache_bytes);
+  if (impl.options.block_cache_bytes > 0) {
+    impl.holder->block_cache = rocksdb::NewLRUCache(impl.options.block_cache_bytes);
+  }
   impl.pool =
       std::make_unique<engram::detail::ThreadPool>(impl.options.read_threads > 1 ? impl.options.read_threads - 1 : 0);
   return Status::Ok();
@@ -315,7 +319,6 @@ Status OpenDb(Store::Impl& impl, bool create) {
     }
     return FromRocks(s, fmt::format("open store {}", impl.dir));
   }
-  impl.holder = std::make_shared<DbHolder>();
   impl.holder->db.reset(raw);
   for (std::size_t i = 0; i < names.size(); ++i) {
     if (names[i] == rocksdb::kDefaultColumnFamilyName) {
@@ -351,6 +354,7 @@ Result<std::unique_ptr<Store>> Store::Create(const std::string& dir, const Layou
   impl->manifest.row_bytes = layout.row_bytes();
   impl->manifest.rows_per_key =
       options.rows_per_key != 0 ? options.rows_per_key : DefaultRowsPerKey(layout.row_bytes());
+  impl->rows_per_key = impl->manifest.rows_per_key;
   rocksdb::WriteBatch batch;
   batch.Put(detail::kFormatKey, std::to_string(detail::kStoreFormat)).PermitUncheckedError();
   batch.Put(detail::kLayoutKey, layout.ToJson()).PermitUncheckedError();
@@ -397,6 +401,7 @@ Result<std::unique_ptr<Store>> Store::Open(const std::string& dir, const StoreOp
   ENGRAM_RETURN_IF_ERROR(
       FromRocks(db.Get({}, detail::kManifestKey, &value), fmt::format("store {}: read manifest", dir)));
   ENGRAM_ASSIGN_OR_RETURN(impl->manifest, detail::DecodeManifest(value).WithContext(fmt::format("store {}", dir)));
+  impl->rows_per_key = impl->manifest.rows_per_key;
   if (impl->manifest.row_bytes != impl->layout->row_bytes()) {
     return Status::Corruption(fmt::format("store {}: manifest row_bytes {} but the layout's rows are {} bytes", dir,
                                           impl->manifest.row_bytes, impl->layout->row_bytes()));
@@ -488,8 +493,8 @@ StoreInfo Store::Info() const {
 
 StoreIoStats Store::io_stats() const {
   StoreIoStats s;
-  if (!impl_->uring_fs) return s;
-  const IoUringStats& u = impl_->uring_fs->stats();
+  if (!impl_->holder->uring_fs) return s;
+  const IoUringStats& u = impl_->holder->uring_fs->stats();
   s.io_uring = true;
   s.multireads = u.multireads.load();
   s.submissions = u.submissions.load();
@@ -535,7 +540,7 @@ Result<VersionId> Store::Ingest(const Checkpoint& checkpoint, const IngestOption
   auto generation = std::make_shared<GenerationData>(im.holder, cf, gen_id);
   generation->drop_when_unused = true;
 
-  const std::uint32_t rpk = im.manifest.rows_per_key;
+  const std::uint32_t rpk = im.rows_per_key;
   const std::uint32_t row_bytes = layout.row_bytes();
   const bool fp8 = layout.row_format() == RowFormat::kFp8E4M3E8M0;
   const auto dim = static_cast<std::size_t>(layout.spec().row_dim);
@@ -779,7 +784,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   }
   const VersionHandle::State& st = *version.state_;
   const std::int64_t layer_rows = layout.layer_rows(layer_index);
-  const std::uint64_t rpk = im.manifest.rows_per_key;
+  const std::uint64_t rpk = im.rows_per_key;
   // Distinct keys: pages of the generation, and edited rows of this version.
   std::vector<std::uint64_t> pages;
   std::vector<std::pair<std::uint64_t, VersionId>> edited;  // (row, edit version)
@@ -812,7 +817,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   rocksdb::DB* db = st.holder->db.get();
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
-  ro.fill_cache = im.block_cache != nullptr;
+  ro.fill_cache = im.holder->block_cache != nullptr;
   im.pool->ParallelFor(batches, [&](std::size_t b) {
     const std::size_t begin = b * kBatch;
     const std::size_t n = std::min(kBatch, pages.size() - begin);
@@ -881,7 +886,7 @@ Result<VerifyReport> Store::Verify(VersionId version) {
   ENGRAM_ASSIGN_OR_RETURN(VersionHandle h, Pin(version));
   const Layout& layout = *im.layout;
   std::vector<TensorChecksum> expected = tensor_checksums(version);
-  const std::uint64_t rpk = im.manifest.rows_per_key;
+  const std::uint64_t rpk = im.rows_per_key;
   std::uint64_t chunk_rows = 0;
   {
     std::lock_guard<std::mutex> lock(im.mu);

@@ -438,3 +438,25 @@ INSTANTIATE_TEST_SUITE_P(Store, HalfFormats, ::testing::Values(RowFormat::kBF16,
 
 }  // namespace
 }  // namespace engram::store
+
+namespace engram::store {
+namespace {
+
+// A pin released after its store is gone: the database closes with the last of them, its file system
+// still alive (ASan checks the order).
+TEST(StoreVersions, APinMayOutliveItsStore) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  VersionId v = 0;
+  auto st = CreateAndIngest(dir, ck, IoMode::kIoUring, &v);
+  auto pin = st->Pin(v);
+  ASSERT_TRUE(pin.ok());
+  st.reset();
+  EXPECT_TRUE(pin->valid());
+  pin = Status::NotFound("released");
+  auto reopened = Store::Open(dir.File("store"), Opts());
+  EXPECT_TRUE(reopened.ok()) << reopened.status().ToString();
+}
+
+}  // namespace
+}  // namespace engram::store
