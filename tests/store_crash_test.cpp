@@ -111,3 +111,29 @@ TEST(StoreFaults, AFailedWriteDuringIngestLeavesThePreviousVersion) {
 
 }  // namespace
 }  // namespace engram::store
+
+namespace engram::store {
+namespace {
+
+// A second process cannot open a store that one holds: `engram ingest` fails naming the lock, and the
+// store is unchanged.
+TEST(StoreFaults, ASecondProcessIsRefusedWhileOneHoldsTheStore) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", 0.0001);
+  test::TempDir dir;
+  const std::string layout = ck.dir + "/layout.json";
+  ASSERT_EQ(Wait(SpawnIngest(layout, ck.dir, dir.File("store"))), 0);
+  auto held = Store::Open(dir.File("store"), StoreOptions{}, &ck.layout);
+  ASSERT_TRUE(held.ok());
+  const std::string cmd = std::string(ENGRAM_CLI_PATH) + " ingest --layout " + layout + " --checkpoint " + ck.dir +
+                          " --store " + dir.File("store") + " --quiet 2>" + dir.File("err");
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  std::ifstream err(dir.File("err"));
+  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+  EXPECT_NE(message.find("open in another process"), std::string::npos) << message;
+  EXPECT_EQ((*held)->versions().size(), 1U);
+}
+
+}  // namespace
+}  // namespace engram::store
