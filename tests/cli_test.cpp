@@ -167,3 +167,30 @@ TEST(Cli, TraceSummaryJsonCountsTokensAndDistinctRows) {
 
 }  // namespace
 }  // namespace engram
+
+namespace engram {
+namespace {
+
+// Long operations show progress on a terminal (bytes, rate, time left) and nothing in a pipe or with
+// --quiet. `script` (util-linux) runs the tool on a pseudo-terminal.
+TEST(CliProgress, ShownOnATerminalOnly) {
+  if (std::system("command -v script >/dev/null 2>&1") != 0) GTEST_SKIP() << "skipped: no `script` command";
+  test::TempDir dir;
+  const std::string synth = std::string(ENGRAM_CLI_PATH) + " synth --layout engram-demo --scale 0.002 --out ";
+  const std::string tty = "script -qc \"" + synth + dir.File("a") + "\" /dev/null < /dev/null > " + dir.File("tty.txt");
+  ASSERT_EQ(std::system(tty.c_str()), 0);
+  const std::string on_tty = Slurp(dir.File("tty.txt"));
+  EXPECT_NE(on_tty.find("\rsynth "), std::string::npos) << on_tty;
+  EXPECT_NE(on_tty.find("/s"), std::string::npos) << on_tty;
+  auto piped = RunCli(dir, "synth --layout engram-demo --scale 0.002 --out " + dir.File("b"));
+  ASSERT_EQ(piped.code, 0);
+  EXPECT_EQ(piped.err.find('\r'), std::string::npos) << piped.err;
+  const std::string quiet =
+      "script -qc \"" + synth + dir.File("c") + " --quiet\" /dev/null < /dev/null > " + dir.File("q.txt");
+  ASSERT_EQ(std::system(quiet.c_str()), 0);
+  // (a terminal turns "\n" into "\r\n": look for the progress line itself)
+  EXPECT_EQ(Slurp(dir.File("q.txt")).find("\rsynth "), std::string::npos);
+}
+
+}  // namespace
+}  // namespace engram
