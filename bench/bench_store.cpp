@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   std::string flat;
   std::string csv;
   double seconds = 3;
-  // (threads, keys per MultiGet)
+  // (threads, keys per MultiGet); threads == 0 marks the direct block path with keys = queue depth
   std::vector<std::pair<int, int>> configs = {{1, 32}, {2, 32}, {4, 32}, {8, 32}};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -45,6 +45,12 @@ int main(int argc, char** argv) {
     else if (a == "--configs") {
       configs.clear();
       for (const char* p = argv[i + 1]; *p != 0;) {
+        if (*p == 'd') {  // dQ: ReadPath::kDirectBlocks, queue depth Q
+          configs.emplace_back(0, std::atoi(++p));
+          while (*p != 0 && *p != ',') ++p;
+          if (*p == ',') ++p;
+          continue;
+        }
         const int t = std::atoi(p);
         while (*p != 0 && *p != 'x') ++p;
         const int k = *p == 'x' ? std::atoi(++p) : 32;
@@ -94,10 +100,13 @@ int main(int argc, char** argv) {
     std::size_t distinct = 0;
     const auto page_batches = PageBatches(src, rpk, &requested, &distinct);
     for (auto [threads, keys] : configs) {
-      const int qd = threads * keys;
+      const bool direct = threads == 0;
+      const int qd = direct ? keys : threads * keys;
       engram::store::StoreOptions o;
-      o.read_threads = static_cast<std::uint32_t>(threads);
-      o.multiget_keys = static_cast<std::uint32_t>(keys);
+      o.read_threads = direct ? 1U : static_cast<std::uint32_t>(threads);
+      o.multiget_keys = direct ? 32U : static_cast<std::uint32_t>(keys);
+      o.read_path = direct ? engram::store::ReadPath::kDirectBlocks : engram::store::ReadPath::kMultiGet;
+      o.direct_queue_depth = static_cast<std::uint32_t>(keys);
       auto st = engram::store::Store::Open(store_dir, o);
       if (!st.ok()) return 1;
       auto h = *(*st)->Pin(*(*st)->Latest());
@@ -125,16 +134,17 @@ int main(int argc, char** argv) {
       const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
       const double cpu = CpuSeconds() - cpu0;
       const auto io1 = (*st)->io_stats();
-      const double disk_reads = static_cast<double>(io1.reads - io0.reads) / wall;
+      const double disk_reads = static_cast<double>(io1.reads - io0.reads + io1.direct_reads - io0.direct_reads) / wall;
       const double pages_s = static_cast<double>(pages_read) / wall;
       const double flat_iops = FlatIops(flat, page_batches, static_cast<unsigned>(qd), seconds);
       const double rows_s = static_cast<double>(rows_served) / wall;
       const double bytes_per_row = static_cast<double>(io1.bytes - io0.bytes) / static_cast<double>(rows_served);
       const double dedupe = static_cast<double>(requested) / static_cast<double>(distinct);
       std::printf("%-28s %5s %4d %11.0f %10.0f %10.0f %10.0f %5.0f%% %8.2f %8.2f %8.2f %7.0f %6.2fx\n",
-                  src.name.c_str(), fmt::format("{}x{}", threads, keys).c_str(), qd, rows_s, pages_s, disk_reads,
-                  flat_iops, 100.0 * pages_s / flat_iops, cpu / static_cast<double>(rows_served) * 1e6,
-                  Percentile(lat_ms, 0.5), Percentile(lat_ms, 0.99), bytes_per_row, dedupe);
+                  src.name.c_str(), (direct ? fmt::format("d{}", keys) : fmt::format("{}x{}", threads, keys)).c_str(),
+                  qd, rows_s, pages_s, disk_reads, flat_iops, 100.0 * pages_s / flat_iops,
+                  cpu / static_cast<double>(rows_served) * 1e6, Percentile(lat_ms, 0.5), Percentile(lat_ms, 0.99),
+                  bytes_per_row, dedupe);
       if (out != nullptr) {
         std::fprintf(out, "%s,%d,%d,%d,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,%.3f,%.3f,%.1f,%.3f\n", src.name.c_str(), threads,
                      keys, qd, rows_s, pages_s, disk_reads, flat_iops, pages_s / flat_iops,
@@ -148,7 +158,8 @@ int main(int argc, char** argv) {
       "(pages/s: distinct 4 KiB pages (RocksDB keys) the store delivered per second; disk rd/s: read requests it\n"
       " issued (RocksDB merges adjacent blocks into one); flat pg/s: the same pages read from a flat file with "
       "io_uring\n"
-      " + O_DIRECT by one io_uring kept QD deep; thr: threads x keys per MultiGet; ratio: pages/s over flat pg/s; "
+      " + O_DIRECT by one io_uring kept QD deep; thr: threads x keys per MultiGet, or dQ: direct block reads at queue "
+      "depth Q; ratio: pages/s over flat pg/s; "
       "B/row: disk bytes per row served; dedupe:\n"
       " rows requested per distinct page)\n");
   return 0;

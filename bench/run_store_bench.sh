@@ -7,8 +7,9 @@
 #   5. fio random 4 KiB reads (io_uring, O_DIRECT) of that flat file at each queue depth, and the ratio
 #
 #   bench/run_store_bench.sh [--scale 0.01] [--dir /tmp/engram-bench] [--seconds 3] [--configs 1x32,8x4,...]
-# A config TxK reads with T threads and K keys per MultiGet (queue depth T x K); the fio comparison takes,
-# per queue depth, the best store config with that depth.
+# A config TxK reads with T threads and K keys per MultiGet (queue depth T x K); dQ reads with
+# ReadPath::kDirectBlocks at queue depth Q. The fio comparison takes, per queue depth, the best store
+# config with that depth.
 # Environment: BUILD (default build), FIO (default fio on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,10 @@ $build/bench/bench_store --store "$dir/store" --flat "$dir/flat.bin" --seconds "
 
 echo "== fio random 4 KiB reads of the flat file (io_uring, O_DIRECT, one job)"
 printf '%-5s %10s %12s %7s %s\n' QD "fio IOPS" "store pg/s" ratio "(best store config at that QD, decode batches; target >= 80%)"
-for qd in $(python3 -c "print(' '.join(sorted({str(eval(c.replace('x', '*'))) for c in '$configs'.split(',')}, key=int)))"); do
+qds=$(python3 -c "
+cs = '$configs'.split(',')
+print(' '.join(sorted({c[1:] if c.startswith('d') else str(eval(c.replace('x', '*'))) for c in cs}, key=int)))")
+for qd in $qds; do
   $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
     --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$qd.json"
   python3 - "$dir" "$qd" <<'PY'
@@ -63,6 +67,7 @@ iops = json.load(open(f"{d}/fio-rr-{qd}.json"))["jobs"][0]["read"]["iops"]
 rows = [r for r in csv.DictReader(open(f"{d}/store.csv")) if r["source"].startswith("decode") and int(r["qd"]) == qd]
 best = max(rows, key=lambda r: float(r["pages_per_s"]))
 pg = float(best["pages_per_s"])
-print(f"{qd:<5} {iops:10.0f} {pg:12.0f} {pg / iops:6.0%}  ({best['threads']} threads x {best['keys']} keys)")
+how = f"direct blocks, QD {best['keys']}" if best["threads"] == "0" else f"{best['threads']} threads x {best['keys']} keys"
+print(f"{qd:<5} {iops:10.0f} {pg:12.0f} {pg / iops:6.0%}  ({how})")
 PY
 done

@@ -24,6 +24,7 @@
 
 #include "../core/progress.hpp"
 #include "../core/thread_pool.hpp"
+#include "direct_blocks.hpp"
 #include "engram/log.hpp"
 #include "io_uring_fs.hpp"
 #include "store_format.hpp"
@@ -102,12 +103,16 @@ struct GenerationData {
   rocksdb::ColumnFamilyHandle* cf = nullptr;
   std::uint64_t id = 0;
   std::atomic<bool> drop_when_unused{false};
+  // Built on the first direct read (ReadPath::kDirectBlocks); closed before the column family goes.
+  std::mutex direct_mu;
+  std::unique_ptr<detail::DirectBlockReader> direct;
 
   GenerationData(std::shared_ptr<DbHolder> h, rocksdb::ColumnFamilyHandle* c, std::uint64_t i)
       : holder(std::move(h)), cf(c), id(i) {}
   GenerationData(const GenerationData&) = delete;
   GenerationData& operator=(const GenerationData&) = delete;
   ~GenerationData() {
+    direct.reset();
     std::lock_guard<std::mutex> lock(holder->cf_mu);
     if (drop_when_unused.load()) {
       rocksdb::Status s = holder->db->DropColumnFamily(cf);
@@ -139,6 +144,7 @@ struct Store::Impl {
   std::optional<TokenMap> token_map;
   std::shared_ptr<DbHolder> holder = std::make_shared<DbHolder>();
   std::uint32_t rows_per_key = 0;  // fixed at creation; read without the lock
+  std::shared_ptr<detail::DirectBlockStats> direct_stats = std::make_shared<detail::DirectBlockStats>();
   rocksdb::ColumnFamilyHandle* edits_cf = nullptr;
   std::unique_ptr<engram::detail::ThreadPool> pool;
 
@@ -493,6 +499,8 @@ StoreInfo Store::Info() const {
 
 StoreIoStats Store::io_stats() const {
   StoreIoStats s;
+  s.direct_reads = impl_->direct_stats->reads.load();
+  s.direct_submissions = impl_->direct_stats->submissions.load();
   if (!impl_->holder->uring_fs) return s;
   const IoUringStats& u = impl_->holder->uring_fs->stats();
   s.io_uring = true;
@@ -809,26 +817,77 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   std::sort(edited.begin(), edited.end());
   edited.erase(std::unique(edited.begin(), edited.end()), edited.end());
 
-  std::vector<rocksdb::PinnableSlice> page_values(pages.size());
-  std::vector<rocksdb::Status> page_status(pages.size());
-  // Groups of multiget_keys keys, one MultiGet each, run on read_threads threads.
-  const std::size_t kBatch = std::clamp<std::size_t>(im.options.multiget_keys, 1, 32);
-  const std::size_t batches = (pages.size() + kBatch - 1) / kBatch;
+  const std::int32_t layer_id = layout.layer(layer_index).layer_id;
   rocksdb::DB* db = st.holder->db.get();
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
   ro.fill_cache = im.holder->block_cache != nullptr;
-  im.pool->ParallelFor(batches, [&](std::size_t b) {
-    const std::size_t begin = b * kBatch;
-    const std::size_t n = std::min(kBatch, pages.size() - begin);
-    std::vector<std::string> key_bytes(n);
-    std::vector<rocksdb::Slice> keys(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      key_bytes[i] = detail::PageKey(layer_index, pages[begin + i]);
-      keys[i] = key_bytes[i];
+  auto page_rows = [&](std::size_t i) {
+    return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - pages[i] * rpk);
+  };
+  // Where each page's rows are, once read and checked.
+  std::vector<const char*> page_data(pages.size(), nullptr);
+  std::vector<rocksdb::PinnableSlice> page_values;
+  std::vector<std::byte> direct_buf;
+  if (im.options.read_path == ReadPath::kDirectBlocks) {
+    detail::DirectBlockReader* reader = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(st.generation->direct_mu);
+      if (!st.generation->direct) {
+        ENGRAM_ASSIGN_OR_RETURN(st.generation->direct,
+                                detail::DirectBlockReader::Create(db, st.generation->cf, im.direct_stats)
+                                    .WithContext(fmt::format("store {}", im.dir)));
+      }
+      reader = st.generation->direct.get();
     }
-    db->MultiGet(ro, st.generation->cf, n, keys.data(), page_values.data() + begin, page_status.data() + begin, true);
-  });
+    std::vector<std::uint64_t> keys(pages.size());
+    for (std::size_t i = 0; i < pages.size(); ++i) keys[i] = (static_cast<std::uint64_t>(layer_index) << 56) | pages[i];
+    direct_buf.resize(pages.size() * rpk * row_bytes);
+    const Status s = reader->Read(
+        keys, [&](std::size_t i) { return static_cast<std::uint32_t>(page_rows(i) * row_bytes); },
+        im.options.direct_queue_depth,
+        [&](std::size_t i, const std::byte* value) {
+          std::memcpy(direct_buf.data() + i * rpk * row_bytes, value, page_rows(i) * row_bytes);
+          page_data[i] = reinterpret_cast<const char*>(direct_buf.data() + i * rpk * row_bytes);
+        });
+    if (!s.ok()) {
+      return std::move(s).WithContext(fmt::format("store {}: version {}: layer {}", im.dir, st.id, layer_id));
+    }
+  } else {
+    page_values.resize(pages.size());
+    std::vector<rocksdb::Status> page_status(pages.size());
+    // Groups of multiget_keys keys, one MultiGet each, run on read_threads threads.
+    const std::size_t kBatch = std::clamp<std::size_t>(im.options.multiget_keys, 1, 32);
+    const std::size_t batches = (pages.size() + kBatch - 1) / kBatch;
+    im.pool->ParallelFor(batches, [&](std::size_t b) {
+      const std::size_t begin = b * kBatch;
+      const std::size_t n = std::min(kBatch, pages.size() - begin);
+      std::vector<std::string> key_bytes(n);
+      std::vector<rocksdb::Slice> keys(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        key_bytes[i] = detail::PageKey(layer_index, pages[begin + i]);
+        keys[i] = key_bytes[i];
+      }
+      db->MultiGet(ro, st.generation->cf, n, keys.data(), page_values.data() + begin, page_status.data() + begin, true);
+    });
+    // Check every key before copying anything out.
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+      const std::uint64_t first = pages[i] * rpk;
+      const std::uint64_t count = page_rows(i);
+      if (!page_status[i].ok()) {
+        const StatusCode code = page_status[i].IsNotFound() || page_status[i].IsCorruption() ? StatusCode::kCorruption
+                                                                                             : StatusCode::kIOError;
+        return {code, fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id, layer_id, first,
+                                  first + count, page_status[i].IsNotFound() ? "missing" : page_status[i].ToString())};
+      }
+      if (page_values[i].size() != count * row_bytes) {
+        return Status::Corruption(
+            fmt::format("store {}: version {}: layer {} rows [{}, {}): value of {} bytes, expected {}", im.dir, st.id,
+                        layer_id, first, first + count, page_values[i].size(), count * row_bytes));
+      }
+      page_data[i] = page_values[i].data();
+    }
+  }
   std::vector<rocksdb::PinnableSlice> edit_values(edited.size());
   std::vector<rocksdb::Status> edit_status(edited.size());
   if (!edited.empty()) {
@@ -839,23 +898,6 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
       keys[i] = key_bytes[i];
     }
     db->MultiGet(ro, st.edits_cf, keys.size(), keys.data(), edit_values.data(), edit_status.data(), true);
-  }
-  // Check every key before copying anything out.
-  const std::int32_t layer_id = layout.layer(layer_index).layer_id;
-  for (std::size_t i = 0; i < pages.size(); ++i) {
-    const std::uint64_t first = pages[i] * rpk;
-    const std::uint64_t count = std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - first);
-    if (!page_status[i].ok()) {
-      const StatusCode code =
-          page_status[i].IsNotFound() || page_status[i].IsCorruption() ? StatusCode::kCorruption : StatusCode::kIOError;
-      return {code, fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id, layer_id, first,
-                                first + count, page_status[i].IsNotFound() ? "missing" : page_status[i].ToString())};
-    }
-    if (page_values[i].size() != count * row_bytes) {
-      return Status::Corruption(
-          fmt::format("store {}: version {}: layer {} rows [{}, {}): value of {} bytes, expected {}", im.dir, st.id,
-                      layer_id, first, first + count, page_values[i].size(), count * row_bytes));
-    }
   }
   for (std::size_t i = 0; i < edited.size(); ++i) {
     if (!edit_status[i].ok() || edit_values[i].size() != row_bytes) {
@@ -873,7 +915,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     }
     if (src == nullptr) {
       const auto p = std::lower_bound(pages.begin(), pages.end(), r / rpk) - pages.begin();
-      src = page_values[static_cast<std::size_t>(p)].data() + (r % rpk) * row_bytes;
+      src = page_data[static_cast<std::size_t>(p)] + (r % rpk) * row_bytes;
     }
     std::memcpy(out.data() + i * row_bytes, src, row_bytes);
   }

@@ -460,3 +460,104 @@ TEST(StoreVersions, APinMayOutliveItsStore) {
 
 }  // namespace
 }  // namespace engram::store
+
+namespace engram::store {
+namespace {
+
+StoreOptions DirectOpts() {
+  StoreOptions o = Opts();
+  o.read_path = ReadPath::kDirectBlocks;
+  o.direct_queue_depth = 64;
+  return o;
+}
+
+class DirectBlocks : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(DirectBlocks, EveryRowReadsBack) {
+  const std::string preset = GetParam();
+  const auto& ck = test::SmallCheckpoint(preset, preset == "engram-demo" ? kDemoScale : kFlashScale);
+  test::TempDir dir;
+  { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
+  auto st = Store::Open(dir.File("store"), DirectOpts());
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  const StoreIoStats before = (*st)->io_stats();
+  ExpectEveryRowReadsBack(**st, 1);
+  const StoreIoStats after = (*st)->io_stats();
+  // Every page of both layers, one 4 KiB read each, and MultiGet never touched the table files.
+  const auto pages =
+      static_cast<std::uint64_t>((ck.layout.layer_rows(0) + 14) / 15 + (ck.layout.layer_rows(1) + 14) / 15);
+  EXPECT_EQ(after.direct_reads - before.direct_reads, pages);
+  EXPECT_EQ(after.reads - before.reads, 0U);
+}
+
+INSTANTIATE_TEST_SUITE_P(Store, DirectBlocks, ::testing::Values("deepseek-v4.1-flash", "engram-demo"),
+                         [](const auto& pinfo) {
+                           return std::string(pinfo.param) == "engram-demo" ? "Demo" : "Flash";
+                         });
+
+TEST(DirectBlocksReads, EditedRowsComeFromTheirEdits) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  VersionId v2 = 0;
+  {
+    VersionId v1 = 0;
+    auto st = CreateAndIngest(dir, ck, IoMode::kIoUring, &v1);
+    v2 = *st->EditRows(v1, SomeEdits(ck.layout));
+  }
+  auto st = Store::Open(dir.File("store"), DirectOpts());
+  ASSERT_TRUE(st.ok());
+  const std::vector<std::int64_t> rows = {0, 2, 17};
+  std::vector<std::byte> out(3 * 264);
+  ASSERT_TRUE((*st)->ReadRows(*(*st)->Pin(v2), 1, rows, out).ok());
+  EXPECT_EQ(out[0], std::byte{0x30});
+  EXPECT_EQ(std::vector<std::byte>(out.begin() + 264, out.begin() + 528), test::ExpectedRows(ck.layout, 1, {2}));
+  EXPECT_EQ(out[528], std::byte{0x30 + 17 % 7});
+}
+
+TEST(DirectBlocksReads, AFlippedByteIsRefusedNotServed) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
+  FlipOneByte(dir.File("store"));
+  auto st = Store::Open(dir.File("store"), DirectOpts());
+  ASSERT_TRUE(st.ok());
+  auto h = (*st)->Pin(1);
+  std::size_t refused = 0;
+  for (int li = 0; li < 2; ++li) {
+    for (std::int64_t r0 = 0; r0 < ck.layout.layer_rows(li); r0 += 15) {
+      std::vector<std::int64_t> rows;
+      for (std::int64_t x = r0; x < std::min(r0 + 15, ck.layout.layer_rows(li)); ++x) rows.push_back(x);
+      std::vector<std::byte> out(rows.size() * 264);
+      const Status s = (*st)->ReadRows(*h, li, rows, out);
+      if (s.ok()) {
+        ASSERT_EQ(out, test::ExpectedRows(ck.layout, li, rows));
+      } else {
+        EXPECT_EQ(s.code(), StatusCode::kCorruption) << s.ToString();
+        EXPECT_NE(s.message().find("checksum"), std::string::npos) << s.ToString();
+        ++refused;
+      }
+    }
+  }
+  EXPECT_EQ(refused, 1U);
+}
+
+TEST(DirectBlocksReads, AStoreWithSeveralKeysPerBlockIsRefusedNotRead) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  {
+    StoreOptions o = Opts();
+    o.rows_per_key = 1;  // ~14 keys per 4 KiB block
+    auto st = Store::Create(dir.File("store"), ck.layout, nullptr, o);
+    ASSERT_TRUE((*st)->Ingest(*Checkpoint::Open(ck.dir)).ok());
+  }
+  auto st = Store::Open(dir.File("store"), DirectOpts());
+  ASSERT_TRUE(st.ok());
+  std::vector<std::byte> out(264);
+  const std::int64_t row = 3;
+  const Status s = (*st)->ReadRows(*(*st)->Pin(1), 0, std::span(&row, 1), out);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("kMultiGet"), std::string::npos) << s.ToString();
+}
+
+}  // namespace
+}  // namespace engram::store

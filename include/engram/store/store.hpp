@@ -33,6 +33,12 @@ enum class IoMode : std::uint8_t {
   kIoUring,  // engram's io_uring file system: MultiRead batches submitted to io_uring, O_DIRECT
 };
 
+enum class ReadPath : std::uint8_t {
+  kMultiGet,      // RocksDB MultiGet through the io_uring (or POSIX) file system
+  kDirectBlocks,  // engram reads each page's 4 KiB block itself, one io_uring kept full, checking each block
+                  // as RocksDB does (docs/store.md); refused with kUnavailable if a file is not laid out so
+};
+
 struct StoreOptions {
   // How table files are read. Default: kIoUring. If the kernel refuses io_uring, Open fails with
   // kUnavailable saying so; choose kPosix explicitly to run without it (no silent fallback).
@@ -49,6 +55,10 @@ struct StoreOptions {
   // has at most this many reads in flight). The read's queue depth is about read_threads x
   // multiget_keys; more threads with fewer keys each keep the queue fuller (docs/store.md). Default: 32.
   std::uint32_t multiget_keys = 32;
+  // How pages are read. Default: kMultiGet.
+  ReadPath read_path = ReadPath::kMultiGet;
+  // Reads in flight per calling thread with ReadPath::kDirectBlocks. Default: 128.
+  std::uint32_t direct_queue_depth = 128;
   // Target size of the SST files an ingest writes. Default: 1 GiB.
   std::uint64_t ingest_file_bytes = 1ULL << 30;
   // Threads that read, pack and write SST files in parallel during an ingest. Default: 4.
@@ -103,11 +113,13 @@ struct StoreInfo {
 // Counters of the io_uring read path since the store was opened (all zero in IoMode::kPosix).
 struct StoreIoStats {
   bool io_uring = false;
-  std::uint64_t multireads = 0;   // RocksDB MultiRead calls reaching the file system
-  std::uint64_t submissions = 0;  // io_uring submissions that carried reads
-  std::uint64_t reads = 0;        // read requests issued (resubmissions included)
-  std::uint64_t resubmits = 0;    // -EAGAIN / -EINTR / short-read resubmissions
-  std::uint64_t bytes = 0;        // bytes read from disk
+  std::uint64_t multireads = 0;          // RocksDB MultiRead calls reaching the file system
+  std::uint64_t submissions = 0;         // io_uring submissions that carried reads
+  std::uint64_t reads = 0;               // read requests issued (resubmissions included)
+  std::uint64_t resubmits = 0;           // -EAGAIN / -EINTR / short-read resubmissions
+  std::uint64_t bytes = 0;               // bytes read from disk
+  std::uint64_t direct_reads = 0;        // 4 KiB block reads by ReadPath::kDirectBlocks
+  std::uint64_t direct_submissions = 0;  // their io_uring submissions
 };
 
 class Store;

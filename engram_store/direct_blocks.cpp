@@ -1,0 +1,264 @@
+#include "direct_blocks.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <liburing.h>
+#include <rocksdb/metadata.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+namespace engram::store::detail {
+namespace {
+
+constexpr std::size_t kBlock = 4096;
+
+std::uint64_t Be64(const unsigned char* p) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
+  return v;
+}
+
+bool Varint32(const unsigned char*& p, const unsigned char* end, std::uint32_t& out) {
+  out = 0;
+  for (int shift = 0; shift <= 28 && p < end; shift += 7) {
+    const unsigned char c = *p++;
+    out |= static_cast<std::uint32_t>(c & 0x7FU) << shift;
+    if (c < 0x80) return true;
+  }
+  return false;
+}
+
+// The value of a block holding exactly `key` with `value_bytes` bytes, or nullptr with `why` set.
+const unsigned char* CheckBlock(const unsigned char* b, std::uint64_t key, std::uint32_t value_bytes,
+                                const char** why) {
+  const unsigned char* p = b;
+  const unsigned char* end = b + kBlock;
+  std::uint32_t shared = 0;
+  std::uint32_t non_shared = 0;
+  std::uint32_t value_len = 0;
+  if (!Varint32(p, end, shared) || !Varint32(p, end, non_shared) || !Varint32(p, end, value_len) || shared != 0 ||
+      non_shared != 16) {
+    *why = "not a one-entry block";
+    return nullptr;
+  }
+  if (value_len != value_bytes || p + 16 + value_len + 8 + 5 > end) {
+    *why = "value size";
+    return nullptr;
+  }
+  if (Be64(p) != key || p[8] != 0x01) {  // user key, then the internal footer's type: kTypeValue
+    *why = "another key";
+    return nullptr;
+  }
+  const unsigned char* value = p + 16;
+  const unsigned char* restarts = value + value_len;
+  std::uint32_t restart0 = 0;
+  std::uint32_t num_restarts = 0;
+  std::memcpy(&restart0, restarts, 4);
+  std::memcpy(&num_restarts, restarts + 4, 4);
+  if (restart0 != 0 || num_restarts != 1) {
+    *why = "restart array";
+    return nullptr;
+  }
+  const auto contents = static_cast<std::size_t>(restarts + 8 - b);
+  if (b[contents] != 0) {
+    *why = "compressed block";
+    return nullptr;
+  }
+  std::uint32_t stored = 0;
+  std::memcpy(&stored, b + contents + 1, 4);
+  // RocksDB's kXXH3 block checksum: low 32 bits of XXH3-64 of the contents, XOR the compression-type byte
+  // times 0x6b9083d9 (the byte is 0 here).
+  if (static_cast<std::uint32_t>(XXH3_64bits(b, contents)) != stored) {
+    *why = "checksum mismatch";
+    return nullptr;
+  }
+  return value;
+}
+
+struct Ring {
+  io_uring ring{};
+  unsigned depth = 0;
+  int init_error = -1;
+  void* buffers = nullptr;
+  explicit Ring(unsigned d) : depth(d) {
+    init_error = io_uring_queue_init(d, &ring, 0);
+    if (posix_memalign(&buffers, kBlock, static_cast<std::size_t>(d) * kBlock) != 0) buffers = nullptr;
+  }
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+  ~Ring() {
+    if (init_error == 0) io_uring_queue_exit(&ring);
+    std::free(buffers);
+  }
+};
+
+Ring& ThreadRing(unsigned depth) {
+  thread_local std::unique_ptr<Ring> ring;
+  if (!ring || ring->depth != depth) ring = std::make_unique<Ring>(depth);
+  return *ring;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<DirectBlockReader>> DirectBlockReader::Create(rocksdb::DB* db, rocksdb::ColumnFamilyHandle* cf,
+                                                                     std::shared_ptr<DirectBlockStats> stats) {
+  rocksdb::ColumnFamilyMetaData meta;
+  db->GetColumnFamilyMetaData(cf, &meta);
+  std::unique_ptr<DirectBlockReader> r(new DirectBlockReader());
+  r->stats_ = std::move(stats);
+  void* mem = nullptr;
+  if (posix_memalign(&mem, kBlock, kBlock) != 0) return Status::ResourceExhausted("direct reads: no memory");
+  std::unique_ptr<void, decltype(&std::free)> block(mem, &std::free);
+  for (const auto& level : meta.levels) {
+    for (const auto& f : level.files) {
+      File file;
+      file.path = f.directory + "/" + f.relative_filename;
+      if (f.smallestkey.size() != 8 || f.largestkey.size() != 8) {
+        return Status::Unavailable(
+            fmt::format("direct reads: {} has keys of {} bytes, not page keys", file.path, f.smallestkey.size()));
+      }
+      file.first_key = Be64(reinterpret_cast<const unsigned char*>(f.smallestkey.data()));
+      file.last_key = Be64(reinterpret_cast<const unsigned char*>(f.largestkey.data()));
+      file.fd = ::open(file.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+      if (file.fd < 0)
+        return Status::IOError(fmt::format("direct reads: open {}: {}", file.path, std::strerror(errno)));
+      r->files_.push_back(file);
+      // The layout check: the first block is one entry, the file's first key, checksummed as expected.
+      const ssize_t n = ::pread(file.fd, block.get(), kBlock, 0);
+      const auto* b = static_cast<const unsigned char*>(block.get());
+      const unsigned char* p = b;
+      std::uint32_t shared = 0;
+      std::uint32_t non_shared = 0;
+      std::uint32_t value_len = 0;
+      const char* why = "short read";
+      if (n != static_cast<ssize_t>(kBlock) || !Varint32(p, b + kBlock, shared) ||
+          !Varint32(p, b + kBlock, non_shared) || !Varint32(p, b + kBlock, value_len) ||
+          CheckBlock(b, file.first_key, value_len, &why) == nullptr) {
+        return Status::Unavailable(
+            fmt::format("direct reads: {} is not laid out as one 4 KiB block per page ({}); use ReadPath::kMultiGet",
+                        file.path, why));
+      }
+    }
+  }
+  std::sort(r->files_.begin(), r->files_.end(), [](const File& a, const File& b) { return a.first_key < b.first_key; });
+  for (std::size_t i = 1; i < r->files_.size(); ++i) {
+    if (r->files_[i].first_key <= r->files_[i - 1].last_key) {
+      return Status::Unavailable(
+          fmt::format("direct reads: files {} and {} overlap", r->files_[i - 1].path, r->files_[i].path));
+    }
+  }
+  return r;
+}
+
+DirectBlockReader::~DirectBlockReader() {
+  for (auto& f : files_) ::close(f.fd);
+}
+
+Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
+                               const std::function<std::uint32_t(std::size_t)>& value_bytes, unsigned queue_depth,
+                               const std::function<void(std::size_t, const std::byte*)>& deliver) const {
+  if (keys.empty()) return Status::Ok();
+  Ring& ring = ThreadRing(std::max(1U, queue_depth));
+  if (ring.init_error != 0 || ring.buffers == nullptr) {
+    return Status::IOError(fmt::format("direct reads: io_uring_queue_init: {}", std::strerror(-ring.init_error)));
+  }
+  auto* buffers = static_cast<unsigned char*>(ring.buffers);
+  std::vector<unsigned> free_slots(ring.depth);
+  for (unsigned i = 0; i < ring.depth; ++i) free_slots[i] = ring.depth - 1 - i;
+  std::vector<std::size_t> slot_item(ring.depth);
+  std::vector<const File*> slot_file(ring.depth);
+  Status first_error;
+  std::size_t next = 0;
+  std::size_t in_flight = 0;
+  while (next < keys.size() || in_flight > 0) {
+    unsigned queued = 0;
+    while (next < keys.size() && !free_slots.empty() && first_error.ok()) {
+      const std::uint64_t key = keys[next];
+      auto it = std::upper_bound(files_.begin(), files_.end(), key,
+                                 [](std::uint64_t k, const File& f) { return k < f.first_key; });
+      if (it == files_.begin() || key > (it - 1)->last_key) {
+        first_error = Status::Corruption(fmt::format("direct reads: no file holds page key {:016x}", key));
+        break;
+      }
+      const File& f = *(it - 1);
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+      if (sqe == nullptr) break;
+      const unsigned slot = free_slots.back();
+      free_slots.pop_back();
+      slot_item[slot] = next;
+      slot_file[slot] = &f;
+      io_uring_prep_read(sqe, f.fd, buffers + static_cast<std::size_t>(slot) * kBlock, kBlock,
+                         (key - f.first_key) * kBlock);
+      io_uring_sqe_set_data64(sqe, slot);
+      ++next;
+      ++queued;
+      ++in_flight;
+    }
+    if (!first_error.ok() && next < keys.size()) next = keys.size();  // stop issuing; reap what is in flight
+    if (queued > 0) {
+      int rc;
+      do {
+        rc = io_uring_submit(&ring.ring);
+      } while (rc == -EINTR || rc == -EAGAIN);
+      if (rc < 0) return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
+      stats_->submissions.fetch_add(1, std::memory_order_relaxed);
+      stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+    }
+    if (in_flight == 0) break;
+    io_uring_cqe* cqe = nullptr;
+    int rc;
+    do {
+      rc = io_uring_wait_cqe(&ring.ring, &cqe);
+    } while (rc == -EINTR);
+    if (rc < 0) return Status::IOError(fmt::format("direct reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
+    while (cqe != nullptr) {
+      const auto slot = static_cast<unsigned>(io_uring_cqe_get_data64(cqe));
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring.ring, cqe);
+      --in_flight;
+      const std::size_t item = slot_item[slot];
+      const File& f = *slot_file[slot];
+      const std::uint64_t key = keys[item];
+      if (res == -EAGAIN || res == -EINTR) {
+        // Resubmit the same read into the same slot.
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
+        io_uring_prep_read(sqe, f.fd, buffers + static_cast<std::size_t>(slot) * kBlock, kBlock,
+                           (key - f.first_key) * kBlock);
+        io_uring_sqe_set_data64(sqe, slot);
+        io_uring_submit(&ring.ring);
+        ++in_flight;
+      } else {
+        if (res != static_cast<int>(kBlock)) {
+          if (first_error.ok()) {
+            first_error =
+                Status::IOError(fmt::format("direct reads: {} at offset {}: {}", f.path, (key - f.first_key) * kBlock,
+                                            res < 0 ? std::strerror(-res) : "short read"));
+          }
+        } else {
+          stats_->bytes.fetch_add(kBlock, std::memory_order_relaxed);
+          const char* why = nullptr;
+          const unsigned char* value =
+              CheckBlock(buffers + static_cast<std::size_t>(slot) * kBlock, key, value_bytes(item), &why);
+          if (value == nullptr) {
+            if (first_error.ok()) {
+              first_error = Status::Corruption(fmt::format("block at {} offset {} (page key {:016x}): {}", f.path,
+                                                           (key - f.first_key) * kBlock, key, why));
+            }
+          } else if (first_error.ok()) {
+            deliver(item, reinterpret_cast<const std::byte*>(value));
+          }
+        }
+        free_slots.push_back(slot);
+      }
+      if (io_uring_peek_cqe(&ring.ring, &cqe) != 0) cqe = nullptr;
+    }
+  }
+  return first_error;
+}
+
+}  // namespace engram::store::detail
