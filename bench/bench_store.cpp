@@ -138,7 +138,8 @@ int main(int argc, char** argv) {
       const double pages_s = static_cast<double>(pages_read) / wall;
       const double flat_iops = FlatIops(flat, page_batches, static_cast<unsigned>(qd), seconds);
       const double rows_s = static_cast<double>(rows_served) / wall;
-      const double bytes_per_row = static_cast<double>(io1.bytes - io0.bytes) / static_cast<double>(rows_served);
+      const double bytes_per_row = static_cast<double>(io1.bytes - io0.bytes + io1.direct_bytes - io0.direct_bytes) /
+                                   static_cast<double>(rows_served);
       const double dedupe = static_cast<double>(requested) / static_cast<double>(distinct);
       std::printf("%-28s %5s %4d %11.0f %10.0f %10.0f %10.0f %5.0f%% %8.2f %8.2f %8.2f %7.0f %6.2fx\n",
                   src.name.c_str(), (direct ? fmt::format("d{}", keys) : fmt::format("{}x{}", threads, keys)).c_str(),

@@ -501,6 +501,7 @@ StoreIoStats Store::io_stats() const {
   StoreIoStats s;
   s.direct_reads = impl_->direct_stats->reads.load();
   s.direct_submissions = impl_->direct_stats->submissions.load();
+  s.direct_bytes = impl_->direct_stats->bytes.load();
   if (!impl_->holder->uring_fs) return s;
   const IoUringStats& u = impl_->holder->uring_fs->stats();
   s.io_uring = true;
@@ -843,7 +844,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     std::vector<std::uint64_t> keys(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) keys[i] = (static_cast<std::uint64_t>(layer_index) << 56) | pages[i];
     direct_buf.resize(pages.size() * rpk * row_bytes);
-    const Status s = reader->Read(
+    Status s = reader->Read(
         keys, [&](std::size_t i) { return static_cast<std::uint32_t>(page_rows(i) * row_bytes); },
         im.options.direct_queue_depth,
         [&](std::size_t i, const std::byte* value) {

@@ -120,6 +120,7 @@ struct StoreIoStats {
   std::uint64_t bytes = 0;               // bytes read from disk
   std::uint64_t direct_reads = 0;        // 4 KiB block reads by ReadPath::kDirectBlocks
   std::uint64_t direct_submissions = 0;  // their io_uring submissions
+  std::uint64_t direct_bytes = 0;        // bytes they read
 };
 
 class Store;
