@@ -34,6 +34,15 @@ pid_t SpawnIngest(const std::string& layout, const std::string& checkpoint, cons
   return rc == 0 ? pid : -1;
 }
 
+// Runs a shell command with stderr into `err_file`; returns its exit code (-1 if it did not exit) and
+// puts what it wrote on stderr in `message`.
+int RunShell(const std::string& cmd, const std::string& err_file, std::string& message) {
+  const int status = std::system((cmd + " 2>" + err_file).c_str());
+  std::ifstream err(err_file);
+  message.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 int Wait(pid_t pid) {
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -78,12 +87,6 @@ TEST(StoreCrash, SigkillDuringIngestLeavesThePreviousVersionIntact) {
   std::printf("kills: %zu, ingests that completed before the kill: %d\n", std::size(fractions), complete);
 }
 
-}  // namespace
-}  // namespace engram::store
-
-namespace engram::store {
-namespace {
-
 // A write that fails mid-ingest (the file-size limit stands in for a full disk: write() gets EFBIG, with
 // SIGXFSZ ignored): the ingest reports an error naming what it was writing, and version 1 is intact.
 TEST(StoreFaults, AFailedWriteDuringIngestLeavesThePreviousVersion) {
@@ -94,12 +97,9 @@ TEST(StoreFaults, AFailedWriteDuringIngestLeavesThePreviousVersion) {
   // 20 MiB file-size limit: the second ingest's SST file (~100 MiB) cannot be written.
   const std::string cmd = "sh -c \"trap '' XFSZ; ulimit -f 20480; exec " + std::string(ENGRAM_CLI_PATH) +
                           " ingest --layout " + layout + " --checkpoint " + ck.dir + " --store " + dir.File("store") +
-                          " --quiet\" 2>" + dir.File("err");
-  const int status = std::system(cmd.c_str());
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 1);
-  std::ifstream err(dir.File("err"));
-  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+                          " --quiet\"";
+  std::string message;
+  EXPECT_EQ(RunShell(cmd, dir.File("err"), message), 1);
   EXPECT_NE(message.find("File too large"), std::string::npos) << message;
   EXPECT_NE(message.find(".sst"), std::string::npos) << message;
   auto st = Store::Open(dir.File("store"), StoreOptions{}, &ck.layout);
@@ -108,12 +108,6 @@ TEST(StoreFaults, AFailedWriteDuringIngestLeavesThePreviousVersion) {
   EXPECT_TRUE((*st)->Verify(1).ok());
   EXPECT_FALSE(std::filesystem::exists(dir.File("store/ingest-tmp-g2")));
 }
-
-}  // namespace
-}  // namespace engram::store
-
-namespace engram::store {
-namespace {
 
 // A second process cannot open a store that one holds: `engram ingest` fails naming the lock, and the
 // store is unchanged.
@@ -125,12 +119,9 @@ TEST(StoreFaults, ASecondProcessIsRefusedWhileOneHoldsTheStore) {
   auto held = Store::Open(dir.File("store"), StoreOptions{}, &ck.layout);
   ASSERT_TRUE(held.ok());
   const std::string cmd = std::string(ENGRAM_CLI_PATH) + " ingest --layout " + layout + " --checkpoint " + ck.dir +
-                          " --store " + dir.File("store") + " --quiet 2>" + dir.File("err");
-  const int status = std::system(cmd.c_str());
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 1);
-  std::ifstream err(dir.File("err"));
-  const std::string message((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+                          " --store " + dir.File("store") + " --quiet";
+  std::string message;
+  EXPECT_EQ(RunShell(cmd, dir.File("err"), message), 1);
   EXPECT_NE(message.find("open in another process"), std::string::npos) << message;
   EXPECT_EQ((*held)->versions().size(), 1U);
 }
