@@ -13,10 +13,12 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -794,10 +796,15 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   const VersionHandle::State& st = *version.state_;
   const std::int64_t layer_rows = layout.layer_rows(layer_index);
   const std::uint64_t rpk = im.rows_per_key;
-  // Distinct keys: pages of the generation, and edited rows of this version.
-  std::vector<std::uint64_t> pages;
-  std::vector<std::pair<std::uint64_t, VersionId>> edited;  // (row, edit version)
-  pages.reserve(rows.size());
+  // Requests by row: (row, request index), sorted, so that the requests of one page are adjacent. Rows are
+  // copied from each page straight into `out` as it arrives; no page is staged.
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> reqs;
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> edited;  // (row, request index)
+  std::vector<VersionId> edited_version;
+  reqs.reserve(rows.size());
+  if (rows.size() > std::numeric_limits<std::uint32_t>::max()) {
+    return Status::InvalidArgument(fmt::format("ReadRows: {} rows in one call; at most 2^32 - 1", rows.size()));
+  }
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const std::int64_t r = rows[i];
     if (r < 0 || r >= layer_rows) {
@@ -807,16 +814,31 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     if (!st.overlay->empty()) {
       auto e = st.overlay->find((static_cast<std::uint64_t>(layer_index) << 56) | static_cast<std::uint64_t>(r));
       if (e != st.overlay->end()) {
-        edited.emplace_back(static_cast<std::uint64_t>(r), e->second);
+        edited.emplace_back(static_cast<std::uint64_t>(r), static_cast<std::uint32_t>(i));
+        edited_version.push_back(e->second);
         continue;
       }
     }
-    pages.push_back(static_cast<std::uint64_t>(r) / rpk);
+    reqs.emplace_back(static_cast<std::uint64_t>(r), static_cast<std::uint32_t>(i));
   }
-  std::sort(pages.begin(), pages.end());
-  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
-  std::sort(edited.begin(), edited.end());
-  edited.erase(std::unique(edited.begin(), edited.end()), edited.end());
+  std::sort(reqs.begin(), reqs.end());
+  // Distinct pages and where each page's requests start in `reqs`.
+  std::vector<std::uint64_t> pages;
+  std::vector<std::size_t> group;  // group[p] .. group[p + 1]: requests of pages[p]
+  for (std::size_t i = 0; i < reqs.size(); ++i) {
+    const std::uint64_t page = reqs[i].first / rpk;
+    if (pages.empty() || pages.back() != page) {
+      pages.push_back(page);
+      group.push_back(i);
+    }
+  }
+  group.push_back(reqs.size());
+  auto deliver = [&](std::size_t p, const char* value) {
+    for (std::size_t j = group[p]; j < group[p + 1]; ++j) {
+      std::memcpy(out.data() + static_cast<std::size_t>(reqs[j].second) * row_bytes,
+                  value + (reqs[j].first % rpk) * row_bytes, row_bytes);
+    }
+  };
 
   const std::int32_t layer_id = layout.layer(layer_index).layer_id;
   rocksdb::DB* db = st.holder->db.get();
@@ -826,10 +848,6 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   auto page_rows = [&](std::size_t i) {
     return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - pages[i] * rpk);
   };
-  // Where each page's rows are, once read and checked.
-  std::vector<const char*> page_data(pages.size(), nullptr);
-  std::vector<rocksdb::PinnableSlice> page_values;
-  std::vector<std::byte> direct_buf;
   if (im.options.read_path == ReadPath::kDirectBlocks) {
     detail::DirectBlockReader* reader = nullptr;
     {
@@ -843,82 +861,81 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     }
     std::vector<std::uint64_t> keys(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) keys[i] = (static_cast<std::uint64_t>(layer_index) << 56) | pages[i];
-    direct_buf.resize(pages.size() * rpk * row_bytes);
     Status s = reader->Read(
         keys, [&](std::size_t i) { return static_cast<std::uint32_t>(page_rows(i) * row_bytes); },
         im.options.direct_queue_depth,
-        [&](std::size_t i, const std::byte* value) {
-          std::memcpy(direct_buf.data() + i * rpk * row_bytes, value, page_rows(i) * row_bytes);
-          page_data[i] = reinterpret_cast<const char*>(direct_buf.data() + i * rpk * row_bytes);
-        });
+        [&](std::size_t i, const std::byte* value) { deliver(i, reinterpret_cast<const char*>(value)); });
     if (!s.ok()) {
       return std::move(s).WithContext(fmt::format("store {}: version {}: layer {}", im.dir, st.id, layer_id));
     }
   } else {
-    page_values.resize(pages.size());
-    std::vector<rocksdb::Status> page_status(pages.size());
-    // Groups of multiget_keys keys, one MultiGet each, run on read_threads threads.
+    // Groups of multiget_keys keys, one MultiGet each, run on read_threads threads; each group checks its
+    // pages and copies their rows out. The error of the lowest failing page is returned.
     const std::size_t kBatch = std::clamp<std::size_t>(im.options.multiget_keys, 1, 32);
     const std::size_t batches = (pages.size() + kBatch - 1) / kBatch;
+    std::mutex error_mu;
+    std::size_t error_page = pages.size();
+    Status error;
     im.pool->ParallelFor(batches, [&](std::size_t b) {
       const std::size_t begin = b * kBatch;
       const std::size_t n = std::min(kBatch, pages.size() - begin);
-      std::vector<std::string> key_bytes(n);
-      std::vector<rocksdb::Slice> keys(n);
+      std::array<std::string, 32> key_bytes;
+      std::array<rocksdb::Slice, 32> keys;
+      std::array<rocksdb::PinnableSlice, 32> values;
+      std::array<rocksdb::Status, 32> statuses;
       for (std::size_t i = 0; i < n; ++i) {
         key_bytes[i] = detail::PageKey(layer_index, pages[begin + i]);
         keys[i] = key_bytes[i];
       }
-      db->MultiGet(ro, st.generation->cf, n, keys.data(), page_values.data() + begin, page_status.data() + begin, true);
+      db->MultiGet(ro, st.generation->cf, n, keys.data(), values.data(), statuses.data(), true);
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t p = begin + i;
+        const std::uint64_t first = pages[p] * rpk;
+        const std::uint64_t count = page_rows(p);
+        Status bad;
+        if (!statuses[i].ok()) {
+          const StatusCode code =
+              statuses[i].IsNotFound() || statuses[i].IsCorruption() ? StatusCode::kCorruption : StatusCode::kIOError;
+          bad = {code, fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id, layer_id, first,
+                                   first + count, statuses[i].IsNotFound() ? "missing" : statuses[i].ToString())};
+        } else if (values[i].size() != count * row_bytes) {
+          bad = Status::Corruption(
+              fmt::format("store {}: version {}: layer {} rows [{}, {}): value of {} bytes, "
+                          "expected {}",
+                          im.dir, st.id, layer_id, first, first + count, values[i].size(), count * row_bytes));
+        }
+        if (!bad.ok()) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (p < error_page) {
+            error_page = p;
+            error = std::move(bad);
+          }
+          continue;
+        }
+        deliver(p, values[i].data());
+      }
     });
-    // Check every key before copying anything out.
-    for (std::size_t i = 0; i < pages.size(); ++i) {
-      const std::uint64_t first = pages[i] * rpk;
-      const std::uint64_t count = page_rows(i);
-      if (!page_status[i].ok()) {
-        const StatusCode code = page_status[i].IsNotFound() || page_status[i].IsCorruption() ? StatusCode::kCorruption
-                                                                                             : StatusCode::kIOError;
-        return {code, fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id, layer_id, first,
-                                  first + count, page_status[i].IsNotFound() ? "missing" : page_status[i].ToString())};
-      }
-      if (page_values[i].size() != count * row_bytes) {
-        return Status::Corruption(
-            fmt::format("store {}: version {}: layer {} rows [{}, {}): value of {} bytes, expected {}", im.dir, st.id,
-                        layer_id, first, first + count, page_values[i].size(), count * row_bytes));
-      }
-      page_data[i] = page_values[i].data();
-    }
+    if (!error.ok()) return error;
   }
-  std::vector<rocksdb::PinnableSlice> edit_values(edited.size());
-  std::vector<rocksdb::Status> edit_status(edited.size());
   if (!edited.empty()) {
     std::vector<std::string> key_bytes(edited.size());
     std::vector<rocksdb::Slice> keys(edited.size());
     for (std::size_t i = 0; i < edited.size(); ++i) {
-      key_bytes[i] = detail::EditKey(layer_index, edited[i].first, edited[i].second);
+      key_bytes[i] = detail::EditKey(layer_index, edited[i].first, edited_version[i]);
       keys[i] = key_bytes[i];
     }
-    db->MultiGet(ro, st.edits_cf, keys.size(), keys.data(), edit_values.data(), edit_status.data(), true);
-  }
-  for (std::size_t i = 0; i < edited.size(); ++i) {
-    if (!edit_status[i].ok() || edit_values[i].size() != row_bytes) {
-      return Status::Corruption(fmt::format("store {}: version {}: layer {} row {} (edited in version {}): {}", im.dir,
-                                            st.id, layer_id, edited[i].first, edited[i].second,
-                                            edit_status[i].ok() ? "wrong size" : edit_status[i].ToString()));
+    std::vector<rocksdb::PinnableSlice> edit_values(edited.size());
+    std::vector<rocksdb::Status> edit_status(edited.size());
+    db->MultiGet(ro, st.edits_cf, keys.size(), keys.data(), edit_values.data(), edit_status.data(), false);
+    for (std::size_t i = 0; i < edited.size(); ++i) {
+      if (!edit_status[i].ok() || edit_values[i].size() != row_bytes) {
+        return Status::Corruption(fmt::format("store {}: version {}: layer {} row {} (edited in version {}): {}",
+                                              im.dir, st.id, layer_id, edited[i].first, edited_version[i],
+                                              edit_status[i].ok() ? "wrong size" : edit_status[i].ToString()));
+      }
+      std::memcpy(out.data() + static_cast<std::size_t>(edited[i].second) * row_bytes, edit_values[i].data(),
+                  row_bytes);
     }
-  }
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    const auto r = static_cast<std::uint64_t>(rows[i]);
-    const char* src = nullptr;
-    if (!edited.empty()) {
-      auto e = std::lower_bound(edited.begin(), edited.end(), std::make_pair(r, VersionId{0}));
-      if (e != edited.end() && e->first == r) src = edit_values[static_cast<std::size_t>(e - edited.begin())].data();
-    }
-    if (src == nullptr) {
-      const auto p = std::lower_bound(pages.begin(), pages.end(), r / rpk) - pages.begin();
-      src = page_data[static_cast<std::size_t>(p)] + (r % rpk) * row_bytes;
-    }
-    std::memcpy(out.data() + i * row_bytes, src, row_bytes);
   }
   return Status::Ok();
 }
