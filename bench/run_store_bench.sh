@@ -7,19 +7,24 @@
 #   5. fio random 4 KiB reads (io_uring, O_DIRECT) of that flat file at each queue depth, and the ratio
 #
 #   bench/run_store_bench.sh [--scale 0.01] [--dir /tmp/engram-bench] [--seconds 3] [--configs 1x32,8x4,...]
+#                            [--repeats 1]
+# With --repeats N, steps 4 and 5 run N times back to back (store, then fio, per round) and the summary gives,
+# per queue depth, the median over rounds of the store/fio ratio taken within each round (shared virtual
+# disks drift by 20-40% within minutes; a ratio of two numbers from the same round is what holds).
 # A config TxK reads with T threads and K keys per MultiGet (queue depth T x K); dQ reads with
 # ReadPath::kDirectBlocks at queue depth Q. The fio comparison takes, per queue depth, the best store
 # config with that depth.
 # Environment: BUILD (default build), FIO (default fio on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale=0.01 dir=/tmp/engram-bench seconds=3 configs=1x32,8x4,2x32,16x4,4x32,16x8,8x32
+scale=0.01 dir=/tmp/engram-bench seconds=3 configs=1x32,8x4,2x32,16x4,4x32,16x8,8x32 repeats=1
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -48,26 +53,37 @@ echo "$out"
 rate=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
 python3 -c "print(f'ingest / sequential write = {$rate / $seqw:.2f} (target >= 0.50)')"
 
-echo "== random row reads through the store (bench_store)"
-$build/bench/bench_store --store "$dir/store" --flat "$dir/flat.bin" --seconds "$seconds" --configs "$configs" \
-  --csv "$dir/store.csv"
-
-echo "== fio random 4 KiB reads of the flat file (io_uring, O_DIRECT, one job)"
-printf '%-5s %10s %12s %7s %s\n' QD "fio IOPS" "store pg/s" ratio "(best store config at that QD, decode batches; target >= 80%)"
 qds=$(python3 -c "
 cs = '$configs'.split(',')
 print(' '.join(sorted({c[1:] if c.startswith('d') else str(eval(c.replace('x', '*'))) for c in cs}, key=int)))")
-for qd in $qds; do
-  $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
-    --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$qd.json"
-  python3 - "$dir" "$qd" <<'PY'
-import csv, json, sys
-d, qd = sys.argv[1], int(sys.argv[2])
-iops = json.load(open(f"{d}/fio-rr-{qd}.json"))["jobs"][0]["read"]["iops"]
-rows = [r for r in csv.DictReader(open(f"{d}/store.csv")) if r["source"].startswith("decode") and int(r["qd"]) == qd]
-best = max(rows, key=lambda r: float(r["pages_per_s"]))
-pg = float(best["pages_per_s"])
-how = f"direct blocks, QD {best['keys']}" if best["threads"] == "0" else f"{best['threads']} threads x {best['keys']} keys"
-print(f"{qd:<5} {iops:10.0f} {pg:12.0f} {pg / iops:6.0%}  ({how})")
-PY
+for round in $(seq 1 "$repeats"); do
+  echo "== round $round of $repeats: random row reads through the store (bench_store)"
+  $build/bench/bench_store --store "$dir/store" --flat "$dir/flat.bin" --seconds "$seconds" --configs "$configs" \
+    --csv "$dir/store-$round.csv"
+  echo "== round $round of $repeats: fio random 4 KiB reads of the flat file (io_uring, O_DIRECT, one job)"
+  for qd in $qds; do
+    $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
+      --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$qd-$round.json"
+  done
 done
+
+echo "== summary: store pages/s against fio IOPS at the same queue depth (decode batches; target >= 80%)"
+python3 - "$dir" "$repeats" "$qds" <<'PY'
+import csv, json, statistics, sys
+d, repeats, qds = sys.argv[1], int(sys.argv[2]), [int(q) for q in sys.argv[3].split()]
+print(f"{'QD':<5} {'fio IOPS':>10} {'store pg/s':>12} {'ratio':>6}  per round (best store config at that QD)")
+for qd in qds:
+    per = []
+    for r in range(1, repeats + 1):
+        iops = json.load(open(f"{d}/fio-rr-{qd}-{r}.json"))["jobs"][0]["read"]["iops"]
+        rows = [x for x in csv.DictReader(open(f"{d}/store-{r}.csv"))
+                if x["source"].startswith("decode") and int(x["qd"]) == qd]
+        best = max(rows, key=lambda x: float(x["pages_per_s"]))
+        how = f"d{best['keys']}" if best["threads"] == "0" else f"{best['threads']}x{best['keys']}"
+        per.append((float(best["pages_per_s"]) / iops, iops, float(best["pages_per_s"]), how))
+    ratio = statistics.median(p[0] for p in per)
+    iops = statistics.median(p[1] for p in per)
+    pg = statistics.median(p[2] for p in per)
+    rounds = ", ".join(f"{p[0]:.0%} {p[3]}" for p in per)
+    print(f"{qd:<5} {iops:10.0f} {pg:12.0f} {ratio:6.0%}  {rounds}")
+PY

@@ -27,6 +27,7 @@ enum class StatusCode : std::uint8_t {
   kFailedPrecondition,  // the object is not in a state that allows the call
   kUnavailable,         // a feature is missing on this machine (no GPU, no io_uring, ...)
   kInternal,            // a broken invariant: a bug in engram
+  kDeadlineExceeded,    // a wait ran past its deadline (the operation may still complete later)
 };
 
 // The stable lower-case name of a code ("invalid_argument"), used in messages and the C API.
@@ -47,6 +48,7 @@ class [[nodiscard]] Status {
   static Status FailedPrecondition(std::string m) { return {StatusCode::kFailedPrecondition, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }
 
   [[nodiscard]] bool ok() const noexcept { return code_ == StatusCode::kOk; }
   [[nodiscard]] StatusCode code() const noexcept { return code_; }
