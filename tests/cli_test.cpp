@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "engram/hasher.hpp"
@@ -163,6 +164,34 @@ TEST(Cli, TraceSummaryJsonCountsTokensAndDistinctRows) {
       r.out.find("\"order\": 2,\n          \"head\": 0,\n          \"lookups\": 6,\n          \"distinct_rows\": 3"),
       std::string::npos)
       << r.out;
+}
+
+TEST(Cli, TraceAnalyzeJsonPrintsTheCachesArray) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  const auto& ids = test::BrownCompressed();
+  test::WriteBytes(dir.File("t.i32"), ids.data(), 3000 * sizeof(std::int32_t));
+  auto r = RunCli(dir, "trace analyze --layout deepseek-v4.1-flash --tokens " + dir.File("t.i32") +
+                           " --compressed --seq-len 1000 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tokens"].get<int>(), 3000);
+  EXPECT_EQ(j["sequences"].get<int>(), 3);
+  ASSERT_EQ(j["caches"].size(), 5U);
+  EXPECT_DOUBLE_EQ(j["caches"][1]["fraction"].get<double>(), 0.01);
+  for (const auto& c : j["caches"]) {
+    for (const char* k : {"fraction", "rows", "lru", "policy", "optimal"}) EXPECT_TRUE(c.contains(k)) << k;
+  }
+}
+
+TEST(Cli, TraceAnalyzeRefusesAFractionOutsideZeroToOne) {
+  test::TempDir dir;
+  const std::int32_t ids[3] = {10, 11, 12};
+  test::WriteBytes(dir.File("t.i32"), ids, sizeof(ids));
+  auto r = RunCli(
+      dir, "trace analyze --layout engram-demo --tokens " + dir.File("t.i32") + " --compressed --fractions 0.5,2");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--fractions"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "commands.hpp"
 #include "engram/hasher.hpp"
+#include "engram/memory/trace_analysis.hpp"
 
 namespace engram::cli {
 namespace {
@@ -22,6 +23,11 @@ struct TraceArgs {
   bool compressed = false;
   std::size_t seq_len = 0;
   bool json = false;
+  // analyze
+  std::string prior_tokens;
+  std::vector<double> fractions = {0.001, 0.01, 0.05, 0.1, 0.25};
+  std::string policy = "adaptive";
+  std::uint32_t threads = 0;
 };
 
 struct LayerSummary {
@@ -139,6 +145,66 @@ int RunSummary(const TraceArgs& a) {
   return 0;
 }
 
+int RunAnalyze(const TraceArgs& a) {
+  const char* what = "trace analyze";
+  auto layout = Layout::Resolve(a.layout);
+  if (!layout.ok()) return Fail(what, layout.status());
+  if (a.token_map.empty() && !a.compressed) {
+    return Fail(what, Status::InvalidArgument("give --token-map FILE, or --compressed"));
+  }
+  auto ids = LoadCompressedTokens(a.tokens, a.token_map, *layout);
+  if (!ids.ok()) return Fail(what, ids.status());
+  memory::TraceAnalysisOptions o;
+  o.seq_len = a.seq_len;
+  o.fractions = a.fractions;
+  o.threads = a.threads;
+  o.policy.kind = a.policy == "lru" ? memory::RowCachePolicyKind::kLru : memory::RowCachePolicyKind::kAdaptiveFrequency;
+  std::size_t prior_tokens = 0;
+  if (!a.prior_tokens.empty()) {
+    auto prior_ids = LoadCompressedTokens(a.prior_tokens, a.token_map, *layout);
+    if (!prior_ids.ok()) return Fail(what, prior_ids.status());
+    auto prior = memory::RowPrior::Build(*layout, *prior_ids, a.seq_len);
+    if (!prior.ok()) return Fail(what, prior.status());
+    o.policy.prior = *prior;
+    prior_tokens = prior_ids->size();
+  }
+  auto r = memory::AnalyzeTrace(*layout, *ids, o);
+  if (!r.ok()) return Fail(what, r.status());
+  if (a.json) {
+    std::puts(memory::TraceAnalysisJson(*r).c_str());
+    return 0;
+  }
+  std::printf("trace %s: %llu tokens in %llu sequence(s), layout %s: %llu row lookups, %llu distinct rows (%.1f%%)\n",
+              a.tokens.c_str(), static_cast<unsigned long long>(r->tokens),
+              static_cast<unsigned long long>(r->sequences), r->layout.c_str(),
+              static_cast<unsigned long long>(r->lookups), static_cast<unsigned long long>(r->distinct),
+              r->lookups == 0 ? 0.0 : 100.0 * static_cast<double>(r->distinct) / static_cast<double>(r->lookups));
+  std::printf("\nper order (all layers, all heads):\n  %-6s %14s %14s %8s\n", "order", "lookups", "distinct", "reuse");
+  for (const auto& ord : r->orders) {
+    std::printf("  n=%-4d %14llu %14llu %7.1f%%\n", ord.order, static_cast<unsigned long long>(ord.lookups),
+                static_cast<unsigned long long>(ord.distinct), 100.0 * ord.reuse);
+  }
+  std::printf("\nreuse distance (distinct rows read in between), lookups that re-read a row:\n");
+  for (std::size_t k = 0; k < r->reuse_distance.size(); ++k) {
+    if (r->reuse_distance[k] == 0) continue;
+    std::printf("  [%12llu, %12llu) %12llu\n", static_cast<unsigned long long>((1ULL << k) - 1),
+                static_cast<unsigned long long>((2ULL << k) - 1),
+                static_cast<unsigned long long>(r->reuse_distance[k]));
+  }
+  std::printf("\ncache hit rates (a cache of all layers' rows; policy: %s%s):\n", a.policy.c_str(),
+              prior_tokens > 0 ? fmt::format(", prior from {} tokens of {}", prior_tokens, a.prior_tokens).c_str()
+                               : ", no prior");
+  std::printf("  %8s %12s %8s %8s %8s %14s %12s\n", "size", "rows", "LRU", "policy", "optimal", "policy/optimal",
+              "LRU/optimal");
+  for (const auto& c : r->caches) {
+    std::printf("  %7.1f%% %12llu %8.4f %8.4f %8.4f %13.1f%% %11.1f%%\n", 100 * c.fraction,
+                static_cast<unsigned long long>(c.rows), c.lru, c.policy, c.optimal,
+                c.optimal > 0 ? 100 * c.policy / c.optimal : 0.0, c.optimal > 0 ? 100 * c.lru / c.optimal : 0.0);
+  }
+  std::printf("(%.1f s)\n", r->seconds);
+  return 0;
+}
+
 }  // namespace
 
 Runner AddTraceCommand(CLI::App& app) {
@@ -157,7 +223,37 @@ Runner AddTraceCommand(CLI::App& app) {
   map->excludes(comp);
   summary->add_option("--seq-len", args->seq_len, "Tokens per sequence; 0 means one sequence")->capture_default_str();
   summary->add_flag("--json", args->json, "Print one JSON object instead of tables");
-  return [args]() -> int { return RunSummary(*args); };
+
+  CLI::App* analyze = cmd->add_subcommand(
+      "analyze",
+      "Distinct rows per region, reuse, and cache hit rates for LRU, the implemented policy and the\n"
+      "optimal (Belady) policy at cache sizes given as fractions of the distinct rows, counted over the row\n"
+      "lookups of every Engram layer. With --json: one object whose \"caches\" array holds\n"
+      "{\"fraction\", \"rows\", \"lru\", \"policy\", \"optimal\"} per size (a stable interface; docs/cli.md).");
+  AddLayoutOption(*analyze, args->layout, true);
+  analyze->add_option("--tokens", args->tokens, "Token ids, little-endian int32")->required();
+  auto* amap = analyze->add_option("--token-map", args->token_map, "Raw -> compressed id map, little-endian int32");
+  auto* acomp = analyze->add_flag("--compressed", args->compressed, "The token ids are already compressed");
+  amap->excludes(acomp);
+  analyze->add_option("--seq-len", args->seq_len, "Tokens per sequence; 0 means one sequence")->capture_default_str();
+  analyze->add_flag("--json", args->json, "Print one JSON object instead of tables");
+  analyze
+      ->add_option("--prior-tokens", args->prior_tokens,
+                   "Token ids of OTHER text to build the policy's frequency prior from (never the trace itself)")
+      ->check(CLI::ExistingFile);
+  analyze->add_option("--fractions", args->fractions, "Cache sizes as fractions of the distinct rows")
+      ->delimiter(',')
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
+  analyze->add_option("--policy", args->policy, "The policy column: adaptive (the host tier's) or lru")
+      ->check(CLI::IsMember({"adaptive", "lru"}))
+      ->capture_default_str();
+  analyze->add_option("--threads", args->threads, "Simulation threads; 0: all hardware threads")->capture_default_str();
+  return [args, summary, analyze]() -> int {
+    if (analyze->parsed()) return RunAnalyze(*args);
+    (void)summary;
+    return RunSummary(*args);
+  };
 }
 
 }  // namespace engram::cli
