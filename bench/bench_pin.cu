@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
     }
     std::memset((*arena)->data(), 1, copy_bytes);
     const double rate = CopyRate((*arena)->data(), dev, copy_bytes);
-    const auto& r = (*arena)->report();
+    const engram::memory::ArenaReport r = (*arena)->report();  // a copy: the arena goes before it is printed
     const double d0 = Now();
     arena->reset();
     const double release = Now() - d0;

@@ -7,7 +7,8 @@
 #   5. fio random 4 KiB reads (io_uring, O_DIRECT) of that flat file at each queue depth, and the ratio
 #
 #   bench/run_store_bench.sh [--scale 0.01] [--dir /tmp/engram-bench] [--seconds 3] [--configs 1x32,8x4,...]
-#                            [--repeats 1]
+#                            [--repeats 1] [--reuse]
+# --reuse keeps the checkpoint and store a previous run left in --dir and goes straight to the reads.
 # With --repeats N, steps 4 and 5 run N times back to back (store, then fio, per round) and the summary gives,
 # per queue depth, the median over rounds of the store/fio ratio taken within each round (shared virtual
 # disks drift by 20-40% within minutes; a ratio of two numbers from the same round is what holds).
@@ -17,7 +18,7 @@
 # Environment: BUILD (default build), FIO (default fio on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale=0.01 dir=/tmp/engram-bench seconds=3 configs=1x32,8x4,2x32,16x4,4x32,16x8,8x32 repeats=1
+scale=0.01 dir=/tmp/engram-bench seconds=3 configs=1x32,8x4,2x32,16x4,4x32,16x8,8x32 repeats=1 reuse=0
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
@@ -25,33 +26,39 @@ while [ $# -gt 0 ]; do
     --seconds) seconds=$2; shift 2 ;;
     --configs) configs=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
+    --reuse) reuse=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 build=${BUILD:-build}
 fio=${FIO:-fio}
 E=$build/tools/engram
-rm -rf "$dir" && mkdir -p "$dir"
-echo "== machine: $(nproc) cores, $(uname -r), disk of $dir: $(df -h "$dir" | awk 'NR==2 {print $1, $2}')"
+if [ "$reuse" = 1 ]; then
+  [ -d "$dir/store" ] || { echo "--reuse: no store in $dir (run once without --reuse)" >&2; exit 1; }
+  echo "== machine: $(nproc) cores, $(uname -r); reusing the store in $dir"
+else
+  rm -rf "$dir" && mkdir -p "$dir"
+  echo "== machine: $(nproc) cores, $(uname -r), disk of $dir: $(df -h "$dir" | awk 'NR==2 {print $1, $2}')"
 
-$E synth --layout deepseek-v4.1-flash --scale "$scale" --out "$dir/ck" --quiet
-bytes=$(du -cb "$dir"/ck/*.safetensors | tail -1 | cut -f1)
-mib=$((bytes / 1048576))
+  $E synth --layout deepseek-v4.1-flash --scale "$scale" --out "$dir/ck" --quiet
+  bytes=$(du -cb "$dir"/ck/*.safetensors | tail -1 | cut -f1)
+  mib=$((bytes / 1048576))
 
-echo "== sequential write baseline: fio, ${mib} MiB, 1 MiB blocks, O_DIRECT, QD 8, fsync at end"
-$fio --name=seqw --filename="$dir/seqw.bin" --rw=write --bs=1M --size="${mib}M" --direct=1 --ioengine=io_uring \
-  --iodepth=8 --end_fsync=1 --output-format=json >"$dir/fio-seqw.json"
-seqw=$(python3 -c "import json; j=json.load(open('$dir/fio-seqw.json')); print(j['jobs'][0]['write']['bw_bytes']/1048576)")
-rm -f "$dir/seqw.bin"
-printf 'fio sequential write: %.0f MiB/s\n' "$seqw"
+  echo "== sequential write baseline: fio, ${mib} MiB, 1 MiB blocks, O_DIRECT, QD 8, fsync at end"
+  $fio --name=seqw --filename="$dir/seqw.bin" --rw=write --bs=1M --size="${mib}M" --direct=1 --ioengine=io_uring \
+    --iodepth=8 --end_fsync=1 --output-format=json >"$dir/fio-seqw.json"
+  seqw=$(python3 -c "import json; j=json.load(open('$dir/fio-seqw.json')); print(j['jobs'][0]['write']['bw_bytes']/1048576)")
+  rm -f "$dir/seqw.bin"
+  printf 'fio sequential write: %.0f MiB/s\n' "$seqw"
 
-sync
-if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then echo "(page cache dropped)"; else echo "(page cache NOT dropped: not permitted)"; fi
-echo "== engram ingest"
-out=$($E ingest --layout "$dir/ck/layout.json" --checkpoint "$dir/ck" --store "$dir/store" --quiet)
-echo "$out"
-rate=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
-python3 -c "print(f'ingest / sequential write = {$rate / $seqw:.2f} (target >= 0.50)')"
+  sync
+  if echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then echo "(page cache dropped)"; else echo "(page cache NOT dropped: not permitted)"; fi
+  echo "== engram ingest"
+  out=$($E ingest --layout "$dir/ck/layout.json" --checkpoint "$dir/ck" --store "$dir/store" --quiet)
+  echo "$out"
+  rate=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
+  python3 -c "print(f'ingest / sequential write = {$rate / $seqw:.2f} (target >= 0.50)')"
+fi
 
 qds=$(python3 -c "
 cs = '$configs'.split(',')

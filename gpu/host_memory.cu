@@ -27,6 +27,12 @@ Result<std::unique_ptr<memory::HostRegistrar>> MakeCudaHostRegistrar() {
 }
 
 Result<void*> MappedDevicePointer(void* host) {
+  // Ask first, so that unregistered memory is an answer, not a CUDA API error.
+  cudaPointerAttributes attr{};
+  ENGRAM_CUDA_RETURN(cudaPointerGetAttributes(&attr, host));
+  if (attr.type != cudaMemoryTypeHost) {
+    return Status::InvalidArgument("MappedDevicePointer: the memory is not registered with CUDA (pinned)");
+  }
   void* dev = nullptr;
   const cudaError_t err = cudaHostGetDevicePointer(&dev, host, 0);
   if (err != cudaSuccess) {
