@@ -940,6 +940,96 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   return Status::Ok();
 }
 
+Status Store::ReadRange(const VersionHandle& version, int layer_index, std::int64_t first_row,
+                        std::span<std::byte> out) const {
+  const Impl& im = *impl_;
+  const Layout& layout = *im.layout;
+  if (!version.valid()) return Status::InvalidArgument("ReadRange: the version handle is empty");
+  if (layer_index < 0 || layer_index >= layout.num_layers()) {
+    return Status::OutOfRange(
+        fmt::format("ReadRange: layer index {} is outside 0..{}", layer_index, layout.num_layers() - 1));
+  }
+  const std::size_t row_bytes = layout.row_bytes();
+  const std::int64_t layer_rows = layout.layer_rows(layer_index);
+  const auto count = static_cast<std::int64_t>(out.size() / row_bytes);
+  if (out.size() % row_bytes != 0 || first_row < 0 || first_row + count > layer_rows) {
+    return Status::OutOfRange(fmt::format("ReadRange: rows [{}, {}) ({} bytes) are not inside layer {}'s {} rows",
+                                          first_row, first_row + count, out.size(), layout.layer(layer_index).layer_id,
+                                          layer_rows));
+  }
+  if (count == 0) return Status::Ok();
+  const VersionHandle::State& st = *version.state_;
+  const std::int32_t layer_id = layout.layer(layer_index).layer_id;
+  const std::uint64_t rpk = im.rows_per_key;
+  const auto first = static_cast<std::uint64_t>(first_row);
+  const auto last = first + static_cast<std::uint64_t>(count);  // exclusive
+  // Parts of whole pages, one iterator each.
+  const std::uint64_t first_page = first / rpk;
+  const std::uint64_t end_page = (last + rpk - 1) / rpk;
+  const std::uint64_t parts =
+      std::clamp<std::uint64_t>(std::max<std::uint32_t>(im.options.read_threads, 1), 1, end_page - first_page);
+  const std::uint64_t per = (end_page - first_page + parts - 1) / parts;
+  std::mutex error_mu;
+  Status error;
+  im.pool->ParallelFor(parts, [&](std::size_t part) {
+    const std::uint64_t p0 = first_page + part * per;
+    const std::uint64_t p1 = std::min(end_page, p0 + per);
+    if (p0 >= p1) return;
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = true;
+    ro.fill_cache = false;
+    ro.readahead_size = 4 << 20;
+    const std::string upper = detail::PageKey(layer_index, p1);
+    rocksdb::Slice upper_slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(st.holder->db->NewIterator(ro, st.generation->cf));
+    it->Seek(detail::PageKey(layer_index, p0));
+    for (std::uint64_t page = p0; page < p1; ++page) {
+      const std::uint64_t page_first = page * rpk;
+      const std::uint64_t page_rows = std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page_first);
+      Status bad;
+      if (!it->Valid()) {
+        bad = Status::Corruption(fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id,
+                                             layer_id, page_first, page_first + page_rows,
+                                             it->status().ok() ? "missing" : it->status().ToString()));
+      } else if (it->key().ToString() != detail::PageKey(layer_index, page) ||
+                 it->value().size() != page_rows * row_bytes) {
+        bad = Status::Corruption(fmt::format(
+            "store {}: version {}: layer {} rows [{}, {}): unexpected key or a "
+            "value of {} bytes (expected {})",
+            im.dir, st.id, layer_id, page_first, page_first + page_rows, it->value().size(), page_rows * row_bytes));
+      }
+      if (!bad.ok()) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (error.ok()) error = std::move(bad);
+        return;
+      }
+      const std::uint64_t a = std::max(first, page_first);
+      const std::uint64_t b = std::min(last, page_first + page_rows);
+      std::memcpy(out.data() + (a - first) * row_bytes, it->value().data() + (a - page_first) * row_bytes,
+                  (b - a) * row_bytes);
+      it->Next();
+    }
+  });
+  if (!error.ok()) return error;
+  // Edited rows in the range.
+  std::vector<std::int64_t> edited;
+  for (const auto& [key, edit_version] : *st.overlay) {
+    if ((key >> 56) != static_cast<std::uint64_t>(layer_index)) continue;
+    const std::uint64_t row = key & ((1ULL << 56) - 1);
+    if (row >= first && row < last) edited.push_back(static_cast<std::int64_t>(row));
+  }
+  if (!edited.empty()) {
+    std::vector<std::byte> rows(edited.size() * row_bytes);
+    ENGRAM_RETURN_IF_ERROR(ReadRows(version, layer_index, edited, rows));
+    for (std::size_t i = 0; i < edited.size(); ++i) {
+      std::memcpy(out.data() + (static_cast<std::uint64_t>(edited[i]) - first) * row_bytes, rows.data() + i * row_bytes,
+                  row_bytes);
+    }
+  }
+  return Status::Ok();
+}
+
 Result<VerifyReport> Store::Verify(VersionId version) {
   Impl& im = *impl_;
   const auto t0 = std::chrono::steady_clock::now();

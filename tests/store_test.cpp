@@ -315,32 +315,11 @@ TEST(StoreIntegrity, VerifyPassesAndIsRecorded) {
   EXPECT_NE(st->Info().last_verification.find("ok"), std::string::npos);
 }
 
-// Flips one byte in the middle of the generation's SST file (inside a data block).
-std::string FlipOneByte(const std::string& store_dir) {
-  std::string biggest;
-  std::uintmax_t size = 0;
-  for (const auto& e : std::filesystem::directory_iterator(store_dir)) {
-    if (e.path().extension() == ".sst" && e.file_size() > size) {
-      size = e.file_size();
-      biggest = e.path().string();
-    }
-  }
-  std::fstream f(biggest, std::ios::in | std::ios::out | std::ios::binary);
-  const auto at = static_cast<std::streamoff>(size / 3 + 100);
-  f.seekg(at);
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x5A);
-  f.seekp(at);
-  f.write(&c, 1);
-  return biggest;
-}
-
 TEST(StoreIntegrity, AFlippedByteIsDetectedNotServed) {
   const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
   test::TempDir dir;
   { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
-  FlipOneByte(dir.File("store"));
+  test::FlipOneByte(dir.File("store"));
   auto st = Store::Open(dir.File("store"), Opts());
   ASSERT_TRUE(st.ok()) << st.status().ToString();
   auto r = (*st)->Verify(1);
@@ -518,7 +497,7 @@ TEST(DirectBlocksReads, AFlippedByteIsRefusedNotServed) {
   const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
   test::TempDir dir;
   { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
-  FlipOneByte(dir.File("store"));
+  test::FlipOneByte(dir.File("store"));
   auto st = Store::Open(dir.File("store"), DirectOpts());
   ASSERT_TRUE(st.ok());
   auto h = (*st)->Pin(1);

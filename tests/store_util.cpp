@@ -1,5 +1,7 @@
 #include "store_util.hpp"
 
+#include <fstream>
+#include <filesystem>
 #include <map>
 #include <mutex>
 
@@ -31,6 +33,27 @@ std::vector<std::byte> ExpectedRows(const Layout& layout, int layer_index, const
                     std::span(out).subspan(i * layout.row_bytes(), layout.row_bytes()));
   }
   return out;
+}
+
+// Flips one byte in the middle of the generation's SST file (inside a data block).
+std::string FlipOneByte(const std::string& store_dir) {
+  std::string biggest;
+  std::uintmax_t size = 0;
+  for (const auto& e : std::filesystem::directory_iterator(store_dir)) {
+    if (e.path().extension() == ".sst" && e.file_size() > size) {
+      size = e.file_size();
+      biggest = e.path().string();
+    }
+  }
+  std::fstream f(biggest, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(size / 3 + 100);
+  f.seekg(at);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5A);
+  f.seekp(at);
+  f.write(&c, 1);
+  return biggest;
 }
 
 }  // namespace engram::test

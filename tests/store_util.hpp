@@ -23,4 +23,7 @@ const SynthCheckpoint& SmallCheckpoint(const std::string& preset, double scale);
 // The rows SynthRow would give, for comparison.
 std::vector<std::byte> ExpectedRows(const Layout& layout, int layer_index, const std::vector<std::int64_t>& rows);
 
+// Flips one byte in the middle of the largest SST file in `store_dir` (inside a data block); returns its path.
+std::string FlipOneByte(const std::string& store_dir);
+
 }  // namespace engram::test

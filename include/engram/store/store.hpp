@@ -180,6 +180,12 @@ class Store {
   [[nodiscard]] Status ReadRows(const VersionHandle& version, int layer_index, std::span<const std::int64_t> rows,
                                 std::span<std::byte> out) const;
 
+  // Reads rows [first_row, first_row + out.size() / row_bytes) of one layer in order, sequentially (a scan:
+  // large read-ahead, read_threads iterators over consecutive parts), for loading a resident host tier.
+  // Edited rows of the version are applied. Every block is checksummed; errors as ReadRows.
+  [[nodiscard]] Status ReadRange(const VersionHandle& version, int layer_index, std::int64_t first_row,
+                                 std::span<std::byte> out) const;
+
   // Re-reads every row of `version` (checksummed blocks), recomputes each source tensor's XXH3 and
   // compares it with the manifest. The first bad row or block is named in the error. The result is
   // recorded as the store's last verification.

@@ -1,0 +1,137 @@
+// Prefetcher: from the token ids of a serving step to every Engram layer's rows, staged in host memory
+// before the layer runs (the CPU backend; the GPU working set consumes the same staging).
+//
+// A step is a batch of sequences, each with its newly appended tokens (a prefill chunk or one decode
+// token) and optional DEAD marks. Submit appends them to the sequences (kept here: rollback, fork and
+// release as in engram/sequence.hpp), hashes every layer and queues the step; a worker thread serves
+// layers in deadline order (layer 1 before layer 14), each through:
+//   row ids -> de-duplicate across the batch -> host tier (resident regions, then the row cache) ->
+//   store reads of the misses (io_uring) -> admission into the host cache -> gathers into the step's
+//   staging buffer on gather_threads threads -> DEAD positions zeroed -> BF16 dequantisation (FP8) ->
+//   the layer is ready.
+// Wait(step, layer) blocks until that layer is ready (or failed, with the error naming row, layer and
+// file); later layers keep going and later steps are served normally after an error.
+//
+// Output of a layer: rows [T, H, row_bytes] in token order (T: the step's tokens, sequences in batch
+// order; H: columns, (max_ngram - 1) x heads), and for FP8 rows, if asked, BF16 [T, H x dim].
+//
+// Thread safety: all methods may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engram/memory/buffer_pool.hpp"
+#include "engram/memory/host_tier.hpp"
+#include "engram/sequence.hpp"
+#include "engram/status.hpp"
+#include "engram/store/store.hpp"
+
+namespace engram::prefetch {
+
+enum class Dequantize : std::uint8_t {
+  kNone,  // rows only
+  kBf16,  // also BF16 values for FP8 rows (ignored for other row formats)
+};
+
+struct PrefetcherOptions {
+  // Threads that gather rows into staging (and look up the host tier). Default: 4.
+  std::uint32_t gather_threads = 4;
+  // Bytes of staging for the outputs of all steps in flight (rows, plus BF16 if asked). A step that
+  // cannot fit at all is refused by Submit (kResourceExhausted); one that must wait for earlier steps
+  // to Finish waits up to staging_timeout, then fails with kDeadlineExceeded. Default: 256 MiB.
+  std::uint64_t staging_bytes = 256ULL << 20;
+  // How long Submit waits for staging. Default: 10 s.
+  std::chrono::milliseconds staging_timeout{10'000};
+  // Default: kBf16.
+  Dequantize dequantize = Dequantize::kBf16;
+  // Per-sequence history. Default: SequenceOptions{}.
+  SequenceOptions sequence;
+};
+
+struct SequenceInput {
+  SequenceId sequence = 0;
+  std::span<const std::int32_t> tokens;  // compressed ids
+  std::span<const std::uint8_t> dead;    // empty, or one flag per token (non-zero: DEAD)
+};
+
+using StepId = std::uint64_t;
+
+struct LayerOutput {
+  std::int64_t tokens = 0;
+  int columns = 0;
+  std::uint32_t row_bytes = 0;
+  std::uint32_t dim = 0;
+  const std::byte* rows = nullptr;      // [tokens, columns, row_bytes]
+  const std::uint16_t* bf16 = nullptr;  // [tokens, columns * dim] BF16 bit patterns, or nullptr
+};
+
+struct LayerStats {
+  std::int32_t layer_id = 0;
+  std::uint64_t lookups = 0;        // row lookups (tokens x columns)
+  std::uint64_t distinct = 0;       // after de-duplication across the batch
+  std::uint64_t resident_hits = 0;  // distinct rows served by resident regions
+  std::uint64_t cache_hits = 0;     // ... by the host row cache
+  std::uint64_t disk_rows = 0;      // ... read from the store
+  std::uint64_t failed_steps = 0;
+  double disk_seconds = 0;    // time in store reads
+  double ready_seconds = 0;   // from Submit to ready, summed over steps
+  double waited_seconds = 0;  // time callers spent blocked in Wait
+};
+
+struct PrefetchStats {
+  std::uint64_t steps = 0;
+  std::uint64_t tokens = 0;
+  std::uint64_t hints = 0;
+  std::uint64_t hint_rows = 0;  // rows hints read from disk into the host cache
+  std::vector<LayerStats> layers;
+  memory::HostTierStats host;
+  memory::BufferPoolStats staging;
+  store::StoreIoStats io;
+};
+
+class Prefetcher {
+ public:
+  // `store` and `host_tier` (optional) must outlive the prefetcher; `version` is pinned for its life.
+  static Result<std::unique_ptr<Prefetcher>> Create(const store::Store& store, store::VersionHandle version,
+                                                    memory::HostTier* host_tier, const PrefetcherOptions& options = {});
+  // Finishes the steps in flight, then stops.
+  ~Prefetcher();
+  Prefetcher(const Prefetcher&) = delete;
+  Prefetcher& operator=(const Prefetcher&) = delete;
+
+  [[nodiscard]] Result<SequenceId> CreateSequence();
+  [[nodiscard]] Result<SequenceId> Fork(SequenceId parent);
+  [[nodiscard]] Status Release(SequenceId id);
+  // Removes the last k tokens of a sequence (kOutOfRange past its start or its retained history).
+  [[nodiscard]] Status Rollback(SequenceId id, std::int64_t k);
+
+  // Appends the batch's tokens and queues the step. Every sequence id and token is checked first: on an
+  // error nothing is appended and no step is queued.
+  [[nodiscard]] Result<StepId> Submit(std::span<const SequenceInput> batch);
+  // Blocks until the layer at `layer_index` of `step` is ready; its error if it failed.
+  [[nodiscard]] Status Wait(StepId step, int layer_index);
+  // The layer's output (after a successful Wait); valid until Finish.
+  [[nodiscard]] Result<LayerOutput> Output(StepId step, int layer_index) const;
+  // Releases the step's staging (waits for its layers first).
+  [[nodiscard]] Status Finish(StepId step);
+
+  // Reads the rows `draft` tokens would need after `sequence`'s current history into the host cache,
+  // when no step is waiting (never delays a step). The sequence itself is not changed.
+  [[nodiscard]] Status Hint(SequenceId sequence, std::span<const std::int32_t> draft);
+
+  [[nodiscard]] PrefetchStats stats() const;
+  [[nodiscard]] std::string StatsJson() const;
+
+  struct Impl;
+
+ private:
+  explicit Prefetcher(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace engram::prefetch

@@ -1,0 +1,530 @@
+#include "engram/prefetch/prefetcher.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <thread>
+
+#include "../core/thread_pool.hpp"
+#include "engram/hasher.hpp"
+#include "engram/prefetch/dequant.hpp"
+#include "engram/token_map.hpp"
+
+namespace engram::prefetch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+struct Step {
+  StepId id = 0;
+  std::int64_t tokens = 0;
+  std::vector<std::int64_t> rows;  // [layer][token][column]
+  std::vector<std::uint8_t> dead;  // per token
+  memory::PooledBuffer buffer;
+  std::size_t rows_bytes_per_layer = 0;
+  std::size_t bf16_values_per_layer = 0;  // 0: no BF16 output
+  Clock::time_point submitted;
+  std::vector<Status> status;       // per layer, once ready
+  std::vector<std::uint8_t> ready;  // per layer
+  std::byte* RowsOut(int layer) const { return buffer.data() + static_cast<std::size_t>(layer) * rows_bytes_per_layer; }
+  std::uint16_t* Bf16Out(int layer, int layers) const {
+    if (bf16_values_per_layer == 0) return nullptr;
+    return reinterpret_cast<std::uint16_t*>(buffer.data() + static_cast<std::size_t>(layers) * rows_bytes_per_layer) +
+           static_cast<std::size_t>(layer) * bf16_values_per_layer;
+  }
+};
+
+struct HintWork {
+  std::int64_t tokens = 0;
+  std::vector<std::int64_t> rows;  // [layer][token][column]
+};
+
+}  // namespace
+
+struct Prefetcher::Impl {
+  Impl(const store::Store& s, store::VersionHandle v, memory::HostTier* h, const PrefetcherOptions& o, Hasher hs)
+      : store(s),
+        version(std::move(v)),
+        host(h),
+        options(o),
+        layout(s.layout()),
+        hasher(std::move(hs)),
+        sequences(s.layout(), o.sequence),
+        pool(std::max<std::uint32_t>(o.gather_threads, 1) - 1) {}
+
+  const store::Store& store;
+  store::VersionHandle version;
+  memory::HostTier* host;
+  PrefetcherOptions options;
+  Layout layout;
+  Hasher hasher;
+  std::mutex seq_mu;
+  SequenceTable sequences;
+  std::unique_ptr<memory::BufferPool> staging;
+  detail::ThreadPool pool;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Step>> queue;
+  std::deque<HintWork> hints;
+  std::map<StepId, std::shared_ptr<Step>> steps;
+  StepId next_step = 1;
+  bool stop = false;
+  std::thread worker;
+  // Statistics (under mu).
+  std::uint64_t steps_served = 0, tokens_served = 0, hints_served = 0, hint_rows = 0;
+  std::vector<LayerStats> layer_stats;
+
+  void Run();
+  void ServeLayer(Step& step, int layer);
+  void ServeHint(const HintWork& h);
+};
+
+void Prefetcher::Impl::Run() {
+  std::unique_lock<std::mutex> lock(mu);
+  while (true) {
+    cv.wait(lock, [&] { return stop || !queue.empty() || !hints.empty(); });
+    if (!queue.empty()) {
+      std::shared_ptr<Step> step = queue.front();
+      queue.pop_front();
+      lock.unlock();
+      for (int l = 0; l < layout.num_layers(); ++l) ServeLayer(*step, l);
+      lock.lock();
+      continue;
+    }
+    if (!hints.empty()) {
+      HintWork h = std::move(hints.front());
+      hints.pop_front();
+      lock.unlock();
+      ServeHint(h);
+      lock.lock();
+      ++hints_served;
+      continue;
+    }
+    if (stop) return;
+  }
+}
+
+void Prefetcher::Impl::ServeLayer(Step& step, int l) {
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const std::size_t row_bytes = layout.row_bytes();
+  const auto n = static_cast<std::size_t>(step.tokens) * cols;
+  const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
+  std::byte* out = step.RowsOut(l);
+  const std::int32_t layer_id = layout.layer(l).layer_id;
+  LayerStats st;
+  Status status;
+  // De-duplicate across the batch: positions sorted by row; DEAD positions are not read (zeroed below).
+  std::vector<std::uint32_t> order;
+  order.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (step.dead.empty() || step.dead[i / cols] == 0) order.push_back(static_cast<std::uint32_t>(i));
+  }
+  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return rows[a] < rows[b]; });
+  std::vector<std::size_t> group;  // group[g] .. group[g + 1]: positions of distinct row g in `order`
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    if (i == 0 || rows[order[i]] != rows[order[i - 1]]) group.push_back(i);
+  }
+  const std::size_t distinct = group.size();
+  group.push_back(order.size());
+  st.lookups = order.size();
+  st.distinct = distinct;
+  auto copy_group = [&](std::size_t g, const std::byte* src) {
+    for (std::size_t j = group[g]; j < group[g + 1]; ++j) {
+      std::memcpy(out + static_cast<std::size_t>(order[j]) * row_bytes, src, row_bytes);
+    }
+  };
+  // Host tier, in parallel chunks; misses are collected per chunk.
+  constexpr std::size_t kChunk = 4096;
+  const std::size_t chunks = (distinct + kChunk - 1) / kChunk;
+  std::vector<std::vector<std::size_t>> chunk_misses(chunks);
+  std::atomic<std::uint64_t> resident{0}, cached{0};
+  pool.ParallelFor(chunks, [&](std::size_t c) {
+    for (std::size_t g = c * kChunk; g < std::min(distinct, (c + 1) * kChunk); ++g) {
+      const std::uint32_t pos = order[group[g]];
+      const auto column = static_cast<int>(pos % cols);
+      std::byte* dst = out + static_cast<std::size_t>(pos) * row_bytes;
+      if (host != nullptr && host->Get(l, column, rows[pos], dst)) {
+        (host->IsResident(l, column) ? resident : cached).fetch_add(1, std::memory_order_relaxed);
+        copy_group(g, dst);
+      } else {
+        chunk_misses[c].push_back(g);
+      }
+    }
+  });
+  st.resident_hits = resident.load();
+  st.cache_hits = cached.load();
+  std::vector<std::size_t> misses;
+  for (auto& m : chunk_misses) misses.insert(misses.end(), m.begin(), m.end());
+  st.disk_rows = misses.size();
+  if (!misses.empty()) {
+    std::vector<std::int64_t> miss_rows(misses.size());
+    for (std::size_t i = 0; i < misses.size(); ++i) miss_rows[i] = rows[order[group[misses[i]]]];
+    std::vector<std::byte> buf(misses.size() * row_bytes);
+    const auto t0 = Clock::now();
+    status = store.ReadRows(version, l, miss_rows, buf);
+    st.disk_seconds = Seconds(Clock::now() - t0);
+    if (status.ok()) {
+      pool.ParallelFor((misses.size() + kChunk - 1) / kChunk, [&](std::size_t c) {
+        for (std::size_t i = c * kChunk; i < std::min(misses.size(), (c + 1) * kChunk); ++i) {
+          const std::byte* src = buf.data() + i * row_bytes;
+          copy_group(misses[i], src);
+          if (host != nullptr) {
+            const std::uint32_t pos = order[group[misses[i]]];
+            host->Admit(l, static_cast<int>(pos % cols), miss_rows[i], src);
+          }
+        }
+      });
+    } else {
+      status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layer_id));
+    }
+  }
+  if (status.ok() && !step.dead.empty()) {
+    for (std::int64_t t = 0; t < step.tokens; ++t) {
+      if (step.dead[static_cast<std::size_t>(t)] != 0) {
+        std::memset(out + static_cast<std::size_t>(t) * cols * row_bytes, 0, cols * row_bytes);
+      }
+    }
+  }
+  if (std::uint16_t* bf = step.Bf16Out(l, layout.num_layers()); status.ok() && bf != nullptr) {
+    const std::uint32_t dim = static_cast<std::uint32_t>(layout.spec().row_dim);
+    std::mutex bad_mu;
+    pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
+      for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+        const std::size_t t = i / cols;
+        std::uint16_t* dst = bf + i * dim;
+        if (!step.dead.empty() && step.dead[t] != 0) {
+          std::memset(dst, 0, dim * sizeof(std::uint16_t));
+          continue;
+        }
+        std::uint32_t bad = 0;
+        if (!DequantizeRowE4M3(out + i * row_bytes, dim, dst, &bad)) {
+          std::lock_guard<std::mutex> lock(bad_mu);
+          if (status.ok()) {
+            status = Status::Corruption(
+                fmt::format("step {}: layer {} row {} (token {}, column {}): byte {} is not a valid {} (NaN)", step.id,
+                            layer_id, rows[i], t, i % cols, bad, bad < dim ? "E4M3 code" : "E8M0 scale"));
+          }
+        }
+      }
+    });
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  LayerStats& total = layer_stats[static_cast<std::size_t>(l)];
+  total.lookups += st.lookups;
+  total.distinct += st.distinct;
+  total.resident_hits += st.resident_hits;
+  total.cache_hits += st.cache_hits;
+  total.disk_rows += st.disk_rows;
+  total.disk_seconds += st.disk_seconds;
+  total.ready_seconds += Seconds(Clock::now() - step.submitted);
+  if (!status.ok()) ++total.failed_steps;
+  if (l == layout.num_layers() - 1) {
+    ++steps_served;
+    tokens_served += static_cast<std::uint64_t>(step.tokens);
+  }
+  step.status[static_cast<std::size_t>(l)] = std::move(status);
+  step.ready[static_cast<std::size_t>(l)] = 1;
+  cv.notify_all();
+}
+
+void Prefetcher::Impl::ServeHint(const HintWork& h) {
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const std::size_t row_bytes = layout.row_bytes();
+  const auto n = static_cast<std::size_t>(h.tokens) * cols;
+  std::uint64_t read = 0;
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    std::vector<std::pair<std::int64_t, int>> want;  // (row, column)
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t r = h.rows[static_cast<std::size_t>(l) * n + i];
+      if (!host->Contains(l, static_cast<int>(i % cols), r)) want.emplace_back(r, static_cast<int>(i % cols));
+    }
+    std::sort(want.begin(), want.end());
+    want.erase(std::unique(want.begin(), want.end()), want.end());
+    if (want.empty()) continue;
+    std::vector<std::int64_t> rows(want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) rows[i] = want[i].first;
+    std::vector<std::byte> buf(rows.size() * row_bytes);
+    if (!store.ReadRows(version, l, rows, buf).ok()) continue;  // a hint is best effort; real steps report errors
+    for (std::size_t i = 0; i < want.size(); ++i) host->Admit(l, want[i].second, rows[i], buf.data() + i * row_bytes);
+    read += want.size();
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  hint_rows += read;
+}
+
+Prefetcher::Prefetcher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Prefetcher::~Prefetcher() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->stop = true;
+    impl_->hints.clear();
+  }
+  impl_->cv.notify_all();
+  if (impl_->worker.joinable()) impl_->worker.join();
+}
+
+Result<std::unique_ptr<Prefetcher>> Prefetcher::Create(const store::Store& store, store::VersionHandle version,
+                                                       memory::HostTier* host_tier, const PrefetcherOptions& options) {
+  if (!version.valid()) return Status::InvalidArgument("prefetcher: the version handle is empty");
+  if (host_tier != nullptr && !(host_tier->layout() == store.layout())) {
+    return Status::InvalidArgument("prefetcher: the host tier's layout is not the store's");
+  }
+  ENGRAM_ASSIGN_OR_RETURN(Hasher hasher, Hasher::Create(store.layout()));
+  auto impl = std::make_unique<Impl>(store, std::move(version), host_tier, options, std::move(hasher));
+  memory::BufferPoolOptions po;
+  po.budget_bytes = options.staging_bytes;
+  po.name = "prefetch staging";
+  ENGRAM_ASSIGN_OR_RETURN(impl->staging, memory::BufferPool::Create(po));
+  impl->layer_stats.resize(static_cast<std::size_t>(impl->layout.num_layers()));
+  for (int l = 0; l < impl->layout.num_layers(); ++l) {
+    impl->layer_stats[static_cast<std::size_t>(l)].layer_id = impl->layout.layer(l).layer_id;
+  }
+  Impl* raw = impl.get();
+  impl->worker = std::thread([raw] { raw->Run(); });
+  return std::unique_ptr<Prefetcher>(new Prefetcher(std::move(impl)));
+}
+
+Result<SequenceId> Prefetcher::CreateSequence() {
+  std::lock_guard<std::mutex> lock(impl_->seq_mu);
+  return impl_->sequences.Create();
+}
+
+Result<SequenceId> Prefetcher::Fork(SequenceId parent) {
+  std::lock_guard<std::mutex> lock(impl_->seq_mu);
+  return impl_->sequences.Fork(parent);
+}
+
+Status Prefetcher::Release(SequenceId id) {
+  std::lock_guard<std::mutex> lock(impl_->seq_mu);
+  return impl_->sequences.Release(id);
+}
+
+Status Prefetcher::Rollback(SequenceId id, std::int64_t k) {
+  std::lock_guard<std::mutex> lock(impl_->seq_mu);
+  ENGRAM_ASSIGN_OR_RETURN(Sequence * s, impl_->sequences.Get(id));
+  return s->Rollback(k).WithContext(fmt::format("sequence {}", id));
+}
+
+Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
+  Impl& im = *impl_;
+  const auto cols = static_cast<std::size_t>(im.layout.columns());
+  const auto layers = static_cast<std::size_t>(im.layout.num_layers());
+  std::size_t tokens = 0;
+  bool any_dead = false;
+  for (const auto& in : batch) {
+    if (!in.dead.empty() && in.dead.size() != in.tokens.size()) {
+      return Status::InvalidArgument(
+          fmt::format("step: sequence {}: {} DEAD flags for {} tokens", in.sequence, in.dead.size(), in.tokens.size()));
+    }
+    ENGRAM_RETURN_IF_ERROR_CTX(CheckCompressedIds(in.tokens, im.layout), fmt::format("step: sequence {}", in.sequence));
+    tokens += in.tokens.size();
+    any_dead = any_dead || std::any_of(in.dead.begin(), in.dead.end(), [](std::uint8_t d) { return d != 0; });
+  }
+  if (tokens == 0) return Status::InvalidArgument("step: no tokens");
+  auto step = std::make_shared<Step>();
+  step->tokens = static_cast<std::int64_t>(tokens);
+  step->rows_bytes_per_layer = tokens * cols * im.layout.row_bytes();
+  if (im.options.dequantize == Dequantize::kBf16 && im.layout.row_format() == RowFormat::kFp8E4M3E8M0) {
+    step->bf16_values_per_layer = tokens * cols * static_cast<std::size_t>(im.layout.spec().row_dim);
+  }
+  const std::size_t bytes = layers * (step->rows_bytes_per_layer + step->bf16_values_per_layer * 2);
+  ENGRAM_ASSIGN_OR_RETURN(
+      step->buffer,
+      im.staging->Acquire(bytes, im.options.staging_timeout).WithContext(fmt::format("step of {} tokens", tokens)));
+  step->rows.resize(layers * tokens * cols);
+  if (any_dead) step->dead.assign(tokens, 0);
+  {
+    std::lock_guard<std::mutex> lock(im.seq_mu);
+    // Every sequence must exist (and appear once) before any is changed.
+    std::vector<Sequence*> seqs;
+    for (const auto& in : batch) {
+      ENGRAM_ASSIGN_OR_RETURN(Sequence * s, im.sequences.Get(in.sequence));
+      if (std::find(seqs.begin(), seqs.end(), s) != seqs.end()) {
+        return Status::InvalidArgument(fmt::format("step: sequence {} appears twice", in.sequence));
+      }
+      seqs.push_back(s);
+    }
+    std::size_t t0 = 0;
+    std::vector<std::int64_t> rows;
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      const auto& in = batch[b];
+      const std::size_t k = in.tokens.size();
+      rows.resize(layers * k * cols);
+      // Ids were checked above, so this cannot fail part way through the batch.
+      ENGRAM_RETURN_IF_ERROR(seqs[b]->AppendAndHash(im.hasher, in.tokens, in.dead, rows));
+      for (std::size_t l = 0; l < layers; ++l) {
+        std::copy_n(rows.begin() + static_cast<std::ptrdiff_t>(l * k * cols), k * cols,
+                    step->rows.begin() + static_cast<std::ptrdiff_t>((l * tokens + t0) * cols));
+      }
+      for (std::size_t t = 0; t < in.dead.size(); ++t) step->dead[t0 + t] = in.dead[t];
+      t0 += k;
+    }
+  }
+  step->status.resize(layers);
+  step->ready.assign(layers, 0);
+  step->submitted = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    step->id = im.next_step++;
+    im.steps.emplace(step->id, step);
+    im.queue.push_back(step);
+  }
+  im.cv.notify_all();
+  return step->id;
+}
+
+Status Prefetcher::Wait(StepId id, int layer_index) {
+  Impl& im = *impl_;
+  if (layer_index < 0 || layer_index >= im.layout.num_layers()) {
+    return Status::OutOfRange(
+        fmt::format("wait: layer index {} is outside 0..{}", layer_index, im.layout.num_layers() - 1));
+  }
+  std::unique_lock<std::mutex> lock(im.mu);
+  auto it = im.steps.find(id);
+  if (it == im.steps.end()) return Status::NotFound(fmt::format("wait: no step {} (finished or never submitted)", id));
+  std::shared_ptr<Step> step = it->second;
+  const auto l = static_cast<std::size_t>(layer_index);
+  if (step->ready[l] == 0) {
+    const auto t0 = Clock::now();
+    im.cv.wait(lock, [&] { return step->ready[l] != 0; });
+    im.layer_stats[l].waited_seconds += Seconds(Clock::now() - t0);
+  }
+  return step->status[l];
+}
+
+Result<LayerOutput> Prefetcher::Output(StepId id, int layer_index) const {
+  const Impl& im = *impl_;
+  std::lock_guard<std::mutex> lock(im.mu);
+  auto it = im.steps.find(id);
+  if (it == im.steps.end()) return Status::NotFound(fmt::format("output: no step {}", id));
+  const Step& step = *it->second;
+  if (layer_index < 0 || layer_index >= im.layout.num_layers()) {
+    return Status::OutOfRange(
+        fmt::format("output: layer index {} is outside 0..{}", layer_index, im.layout.num_layers() - 1));
+  }
+  const auto l = static_cast<std::size_t>(layer_index);
+  if (step.ready[l] == 0)
+    return Status::FailedPrecondition(
+        fmt::format("output: step {} layer index {} is not ready (Wait first)", id, layer_index));
+  ENGRAM_RETURN_IF_ERROR(step.status[l]);
+  LayerOutput o;
+  o.tokens = step.tokens;
+  o.columns = im.layout.columns();
+  o.row_bytes = im.layout.row_bytes();
+  o.dim = static_cast<std::uint32_t>(im.layout.spec().row_dim);
+  o.rows = step.RowsOut(layer_index);
+  o.bf16 = step.Bf16Out(layer_index, im.layout.num_layers());
+  return o;
+}
+
+Status Prefetcher::Finish(StepId id) {
+  Impl& im = *impl_;
+  std::shared_ptr<Step> step;
+  {
+    std::unique_lock<std::mutex> lock(im.mu);
+    auto it = im.steps.find(id);
+    if (it == im.steps.end()) return Status::NotFound(fmt::format("finish: no step {}", id));
+    step = it->second;
+    im.cv.wait(lock,
+               [&] { return std::all_of(step->ready.begin(), step->ready.end(), [](auto r) { return r != 0; }); });
+    im.steps.erase(it);
+  }
+  return Status::Ok();
+}
+
+Status Prefetcher::Hint(SequenceId id, std::span<const std::int32_t> draft) {
+  Impl& im = *impl_;
+  if (im.host == nullptr || im.host->stats().cache_rows == 0) {
+    return Status::FailedPrecondition("hint: no host row cache to prefetch into");
+  }
+  ENGRAM_RETURN_IF_ERROR_CTX(CheckCompressedIds(draft, im.layout), fmt::format("hint: sequence {}", id));
+  if (draft.empty()) return Status::Ok();
+  HintWork h;
+  h.tokens = static_cast<std::int64_t>(draft.size());
+  const auto cols = static_cast<std::size_t>(im.layout.columns());
+  h.rows.resize(static_cast<std::size_t>(im.layout.num_layers()) * draft.size() * cols);
+  {
+    std::lock_guard<std::mutex> lock(im.seq_mu);
+    ENGRAM_ASSIGN_OR_RETURN(Sequence * s, im.sequences.Get(id));
+    Sequence copy = s->Fork();
+    ENGRAM_RETURN_IF_ERROR(copy.AppendAndHash(im.hasher, draft, {}, h.rows));
+  }
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    im.hints.push_back(std::move(h));
+  }
+  im.cv.notify_all();
+  return Status::Ok();
+}
+
+PrefetchStats Prefetcher::stats() const {
+  const Impl& im = *impl_;
+  PrefetchStats s;
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    s.steps = im.steps_served;
+    s.tokens = im.tokens_served;
+    s.hints = im.hints_served;
+    s.hint_rows = im.hint_rows;
+    s.layers = im.layer_stats;
+  }
+  if (im.host != nullptr) s.host = im.host->stats();
+  s.staging = im.staging->stats();
+  s.io = im.store.io_stats();
+  return s;
+}
+
+std::string Prefetcher::StatsJson() const {
+  const PrefetchStats s = stats();
+  nlohmann::ordered_json j;
+  j["steps"] = s.steps;
+  j["tokens"] = s.tokens;
+  j["hints"] = s.hints;
+  j["hint_rows"] = s.hint_rows;
+  j["layers"] = nlohmann::ordered_json::array();
+  for (const auto& l : s.layers) {
+    j["layers"].push_back({{"layer_id", l.layer_id},
+                           {"lookups", l.lookups},
+                           {"distinct", l.distinct},
+                           {"resident_hits", l.resident_hits},
+                           {"cache_hits", l.cache_hits},
+                           {"disk_rows", l.disk_rows},
+                           {"failed_steps", l.failed_steps},
+                           {"disk_seconds", l.disk_seconds},
+                           {"ready_seconds", l.ready_seconds},
+                           {"waited_seconds", l.waited_seconds}});
+  }
+  j["host"] = {{"resident_bytes", s.host.resident_bytes},
+               {"cache_bytes", s.host.cache_bytes},
+               {"cache_rows", s.host.cache_rows},
+               {"cached_rows", s.host.cached_rows},
+               {"resident_hits", s.host.resident_hits},
+               {"cache_hits", s.host.cache_hits},
+               {"misses", s.host.misses},
+               {"admissions", s.host.admissions},
+               {"evictions", s.host.evictions}};
+  j["staging"] = {{"budget_bytes", s.staging.budget_bytes},
+                  {"in_use_bytes", s.staging.in_use_bytes},
+                  {"peak_bytes", s.staging.peak_bytes},
+                  {"waits", s.staging.waits},
+                  {"timeouts", s.staging.timeouts}};
+  j["io"] = {{"reads", s.io.reads + s.io.direct_reads},
+             {"submissions", s.io.submissions + s.io.direct_submissions},
+             {"bytes", s.io.bytes + s.io.direct_bytes}};
+  return j.dump(2);
+}
+
+}  // namespace engram::prefetch

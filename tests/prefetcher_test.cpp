@@ -1,0 +1,363 @@
+// The prefetcher on a real store (synthetic V4.1 checkpoint, real RocksDB, real io_uring) driven by the
+// real trace, checked against the literal hash and the rows the store holds.
+#include "engram/prefetch/prefetcher.hpp"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "engram/hasher.hpp"
+#include "engram/memory/host_tier.hpp"
+#include "engram/prefetch/dequant.hpp"
+#include "store_util.hpp"
+
+namespace engram::prefetch {
+namespace {
+
+using store::Store;
+
+constexpr double kScale = 0.0001;
+
+struct Fixture {
+  test::TempDir dir;
+  std::unique_ptr<Store> store;
+  store::VersionHandle version;
+};
+
+std::unique_ptr<Fixture> MakeStore() {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kScale);
+  auto f = std::make_unique<Fixture>();
+  store::StoreOptions so;
+  so.read_threads = 2;
+  auto st = Store::Create(f->dir.File("store"), ck.layout, nullptr, so);
+  EXPECT_TRUE(st.ok()) << st.status().ToString();
+  auto c = store::Checkpoint::Open(ck.dir);
+  EXPECT_TRUE(c.ok());
+  auto v = (*st)->Ingest(*c);
+  EXPECT_TRUE(v.ok()) << v.status().ToString();
+  f->store = std::move(*st);
+  f->version = *f->store->Pin(*v);
+  return f;
+}
+
+// The reference BF16 of one E4M3 code and E8M0 scale, computed in double and rounded by hand.
+std::uint16_t ReferenceBf16(std::uint8_t code, std::uint8_t scale) {
+  const int sign = (code & 0x80) != 0 ? -1 : 1;
+  const int e = (code >> 3) & 15;
+  const int m = code & 7;
+  const double v = e == 0 ? sign * (m / 8.0) * std::pow(2.0, -6) : sign * (1 + m / 8.0) * std::pow(2.0, e - 7);
+  const double x = v * std::pow(2.0, scale - 127);
+  const auto f = static_cast<float>(x);  // exact: x has 4 significant bits and is within float's range
+  std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  const std::uint32_t lower = u & 0xFFFF;
+  std::uint32_t upper = u >> 16;
+  if (lower > 0x8000 || (lower == 0x8000 && (upper & 1) != 0)) ++upper;
+  return static_cast<std::uint16_t>(upper);
+}
+
+// Expected output of one layer for sequences given whole (fresh, no DEAD): rows from the literal hash.
+std::vector<std::byte> ExpectedLayer(const Layout& layout, int li, const std::vector<std::vector<std::int32_t>>& seqs) {
+  std::vector<std::int64_t> rows;
+  for (const auto& s : seqs) {
+    auto r = test::ReferenceRows(layout, li, s);
+    rows.insert(rows.end(), r.begin(), r.end());
+  }
+  return test::ExpectedRows(layout, li, rows);
+}
+
+std::vector<std::vector<std::int32_t>> TraceSequences(std::size_t count, std::size_t len, std::size_t from = 0) {
+  const auto& all = test::BrownCompressed();
+  std::vector<std::vector<std::int32_t>> out;
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto b = all.begin() + static_cast<std::ptrdiff_t>(from + i * len);
+    out.emplace_back(b, b + static_cast<std::ptrdiff_t>(len));
+  }
+  return out;
+}
+
+// Prefill the sequences in one step, then decode `decode` more tokens one step each; checks every layer
+// of every step against the reference, and returns the prefetcher's stats.
+PrefetchStats RunAndCheck(Fixture& f, memory::HostTier* host, std::size_t nseq, std::size_t prefill,
+                          std::size_t decode) {
+  const Layout& layout = f.store->layout();
+  auto p = Prefetcher::Create(*f.store, f.version, host);
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  const auto full = TraceSequences(nseq, prefill + decode, 1000);
+  std::vector<SequenceId> ids;
+  for (std::size_t i = 0; i < nseq; ++i) ids.push_back(*(*p)->CreateSequence());
+  for (std::size_t step = 0; step <= decode; ++step) {
+    const std::size_t begin = step == 0 ? 0 : prefill + step - 1;
+    const std::size_t len = step == 0 ? prefill : 1;
+    std::vector<SequenceInput> batch;
+    for (std::size_t i = 0; i < nseq; ++i) {
+      batch.push_back({ids[i], std::span(full[i]).subspan(begin, len), {}});
+    }
+    auto sid = (*p)->Submit(batch);
+    EXPECT_TRUE(sid.ok()) << sid.status().ToString();
+    for (int li = 0; li < layout.num_layers(); ++li) {
+      EXPECT_TRUE((*p)->Wait(*sid, li).ok());
+      auto out = (*p)->Output(*sid, li);
+      EXPECT_TRUE(out.ok());
+      // Expected: the rows of tokens [begin, begin + len) of each sequence, hashed with full history.
+      std::vector<std::byte> expect;
+      for (std::size_t i = 0; i < nseq; ++i) {
+        const std::vector<std::int32_t> upto(full[i].begin(),
+                                             full[i].begin() + static_cast<std::ptrdiff_t>(begin + len));
+        auto e = ExpectedLayer(layout, li, {upto});
+        const std::size_t per_token = static_cast<std::size_t>(layout.columns()) * layout.row_bytes();
+        expect.insert(expect.end(), e.end() - static_cast<std::ptrdiff_t>(len * per_token), e.end());
+      }
+      EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0) << "step " << step << " layer " << li;
+    }
+    EXPECT_TRUE((*p)->Finish(*sid).ok());
+  }
+  return (*p)->stats();
+}
+
+TEST(Prefetcher, PrefillAndDecodeFromDiskMatchTheReference) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  const auto st = RunAndCheck(*f, nullptr, 4, 64, 6);
+  EXPECT_EQ(st.steps, 7U);
+  EXPECT_EQ(st.tokens, 4U * 70);
+  EXPECT_EQ(st.layers[0].lookups, 4U * 70 * 24);
+  EXPECT_EQ(st.layers[0].disk_rows, st.layers[0].distinct);
+  EXPECT_LT(st.layers[0].distinct, st.layers[0].lookups);  // the batch repeats rows (pad n-grams at least)
+}
+
+TEST(Prefetcher, ACachedHostTierServesRepeatsAndMatchesTheReference) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  memory::HostTierOptions ho;
+  ho.cache_bytes = 8ULL << 20;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(f->store->layout(), ho);
+  ASSERT_TRUE(host.ok()) << host.status().ToString();
+  const auto st = RunAndCheck(*f, host->get(), 4, 64, 10);
+  EXPECT_GT(st.layers[0].cache_hits, 0U);
+  EXPECT_EQ(st.layers[0].cache_hits + st.layers[0].disk_rows, st.layers[0].distinct);
+  EXPECT_GT(st.host.admissions, 0U);
+}
+
+TEST(Prefetcher, AResidentHostTierServesEveryRowWithoutDisk) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  memory::HostTierOptions ho;
+  ho.resident = memory::ResidentRegions::kAll;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(f->store->layout(), ho);
+  ASSERT_TRUE(host.ok());
+  ASSERT_TRUE((*host)->LoadResident(*f->store, f->version).ok());
+  const auto st = RunAndCheck(*f, host->get(), 3, 32, 4);
+  for (const auto& l : st.layers) {
+    EXPECT_EQ(l.disk_rows, 0U);
+    EXPECT_EQ(l.resident_hits, l.distinct);
+  }
+}
+
+TEST(Prefetcher, ResidentLoadEqualsTheStoreRowForRow) {
+  auto f = MakeStore();
+  const Layout& layout = f->store->layout();
+  memory::HostTierOptions ho;
+  ho.resident = memory::ResidentRegions::kChosen;
+  ho.regions = {{0, 0}, {1, 23}};
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(layout, ho);
+  ASSERT_TRUE(host.ok());
+  ASSERT_TRUE((*host)->LoadResident(*f->store, f->version).ok());
+  for (const auto& r : ho.regions) {
+    EXPECT_TRUE((*host)->IsResident(r.layer_index, r.column));
+    const std::int64_t first = layout.region_offset(r.layer_index, r.column);
+    const std::int64_t n = layout.layer(r.layer_index).primes[static_cast<std::size_t>(r.column)];
+    std::vector<std::int64_t> rows(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) rows[static_cast<std::size_t>(i)] = first + i;
+    const auto expect = test::ExpectedRows(layout, r.layer_index, rows);
+    EXPECT_EQ(std::memcmp((*host)->ResidentRow(r.layer_index, r.column, first), expect.data(), expect.size()), 0);
+  }
+  EXPECT_FALSE((*host)->IsResident(0, 1));
+  EXPECT_EQ((*host)->stats().loaded_bytes,
+            static_cast<std::uint64_t>(layout.layer(0).primes[0] + layout.layer(1).primes[23]) * 264);
+}
+
+TEST(Prefetcher, Bf16OutputIsTheRoundedDequantisationOfEveryRow) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  auto s = (*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 40, 5000)[0];
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*s, seq, {}}});
+  ASSERT_TRUE(sid.ok());
+  ASSERT_TRUE((*p)->Wait(*sid, 1).ok());
+  auto out = (*p)->Output(*sid, 1);
+  ASSERT_TRUE(out.ok());
+  ASSERT_NE(out->bf16, nullptr);
+  const std::size_t n = static_cast<std::size_t>(out->tokens) * static_cast<std::size_t>(out->columns);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto* row = reinterpret_cast<const std::uint8_t*>(out->rows + i * out->row_bytes);
+    for (std::uint32_t d = 0; d < out->dim; ++d) {
+      ASSERT_EQ(out->bf16[i * out->dim + d], ReferenceBf16(row[d], row[out->dim + d / 32]))
+          << "row " << i << " value " << d;
+    }
+  }
+}
+
+TEST(Dequant, InvalidCodesAndScalesAreRefusedWithTheirOffset) {
+  std::vector<std::byte> row(264, std::byte{0x38});  // 1.0 x 2^(0x38 - 127): valid
+  std::vector<std::uint16_t> out(256);
+  std::uint32_t bad = 0;
+  EXPECT_TRUE(DequantizeRowE4M3(row.data(), 256, out.data(), &bad));
+  row[17] = std::byte{0xFF};  // E4M3 NaN
+  EXPECT_FALSE(DequantizeRowE4M3(row.data(), 256, out.data(), &bad));
+  EXPECT_EQ(bad, 17U);
+  row[17] = std::byte{0x38};
+  row[256 + 3] = std::byte{0xFF};  // E8M0 NaN
+  EXPECT_FALSE(DequantizeRowE4M3(row.data(), 256, out.data(), &bad));
+  EXPECT_EQ(bad, 259U);
+}
+
+TEST(Prefetcher, DeadPositionsAreZeroed) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  auto s = (*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 8, 7000)[0];
+  const std::vector<std::uint8_t> dead = {0, 0, 1, 0, 0, 0, 1, 0};
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*s, seq, dead}});
+  ASSERT_TRUE(sid.ok());
+  ASSERT_TRUE((*p)->Wait(*sid, 0).ok());
+  auto out = (*p)->Output(*sid, 0);
+  ASSERT_TRUE(out.ok());
+  const std::size_t per_token = static_cast<std::size_t>(out->columns) * out->row_bytes;
+  auto expect = test::ExpectedRows(f->store->layout(), 0, test::ReferenceRows(f->store->layout(), 0, seq, dead));
+  for (std::size_t t = 0; t < 8; ++t) {
+    if (dead[t] != 0) {
+      std::fill(expect.begin() + static_cast<std::ptrdiff_t>(t * per_token),
+                expect.begin() + static_cast<std::ptrdiff_t>((t + 1) * per_token), std::byte{0});
+      for (std::size_t k = 0; k < static_cast<std::size_t>(out->columns) * out->dim; ++k) {
+        EXPECT_EQ(out->bf16[t * static_cast<std::size_t>(out->columns) * out->dim + k], 0);
+      }
+    }
+  }
+  EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0);
+}
+
+TEST(Prefetcher, BadStepsAreRefusedAndChangeNothing) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  auto a = *(*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 20, 9000)[0];
+  const std::int32_t bad_token[1] = {static_cast<std::int32_t>(f->store->layout().compressed_vocab_size())};
+  // An unknown sequence next to a good one: nothing is appended to the good one.
+  auto r =
+      (*p)->Submit(std::vector<SequenceInput>{{a, std::span(seq).first(10), {}}, {999, std::span(seq).first(1), {}}});
+  EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
+  r = (*p)->Submit(std::vector<SequenceInput>{{a, bad_token, {}}});
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfRange);
+  EXPECT_EQ((*p)->Rollback(a, 1).code(), StatusCode::kOutOfRange);
+  EXPECT_EQ((*p)->Wait(12345, 0).code(), StatusCode::kNotFound);
+  // The sequence is as fresh as it was: its first real step equals a fresh sequence's rows.
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{a, std::span(seq).first(10), {}}});
+  ASSERT_TRUE(sid.ok());
+  ASSERT_TRUE((*p)->Wait(*sid, 0).ok());
+  auto out = (*p)->Output(*sid, 0);
+  const std::vector<std::int32_t> first10(seq.begin(), seq.begin() + 10);
+  const auto expect = ExpectedLayer(f->store->layout(), 0, {first10});
+  EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0);
+}
+
+TEST(Prefetcher, AStepLargerThanTheStagingBudgetIsRefused) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  PrefetcherOptions o;
+  o.staging_bytes = 1 << 20;  // a 100-token step needs 2 x 100 x 24 x (264 + 512) bytes = 3.7 MB
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr, o);
+  ASSERT_TRUE(p.ok());
+  auto s = (*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 100, 0)[0];
+  auto r = (*p)->Submit(std::vector<SequenceInput>{{*s, seq, {}}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("budget"), std::string::npos) << r.status().ToString();
+}
+
+TEST(Prefetcher, ACorruptBlockFailsTheStepThatNeedsItAndLaterStepsAreServed) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kScale);
+  test::TempDir dir;
+  {
+    auto st = Store::Create(dir.File("store"), ck.layout, nullptr);
+    ASSERT_TRUE(st.ok());
+    auto c = store::Checkpoint::Open(ck.dir);
+    ASSERT_TRUE((*st)->Ingest(*c).ok());
+  }
+  test::FlipOneByte(dir.File("store"));
+  auto st = Store::Open(dir.File("store"));
+  ASSERT_TRUE(st.ok());
+  auto v = (*st)->Pin(1);
+  auto p = Prefetcher::Create(**st, *v, nullptr);
+  ASSERT_TRUE(p.ok());
+  // A long prefill touches most pages, the corrupt one among them.
+  auto s = *(*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 3000, 20000)[0];
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{s, seq, {}}});
+  ASSERT_TRUE(sid.ok());
+  Status failed;
+  for (int li = 0; li < 2; ++li) {
+    const Status w = (*p)->Wait(*sid, li);
+    if (!w.ok()) failed = w;
+  }
+  ASSERT_FALSE(failed.ok()) << "the step should have read the corrupt page";
+  EXPECT_EQ(failed.code(), StatusCode::kCorruption);
+  EXPECT_NE(failed.message().find("layer"), std::string::npos) << failed.ToString();
+  EXPECT_NE(failed.message().find("rows ["), std::string::npos) << failed.ToString();
+  ASSERT_TRUE((*p)->Finish(*sid).ok());
+  // A short step whose rows avoid the corrupt page is served normally.
+  auto s2 = *(*p)->CreateSequence();
+  const std::vector<std::int32_t> small(seq.begin(), seq.begin() + 2);
+  auto sid2 = (*p)->Submit(std::vector<SequenceInput>{{s2, small, {}}});
+  ASSERT_TRUE(sid2.ok());
+  int served = 0;
+  for (int li = 0; li < 2; ++li) served += (*p)->Wait(*sid2, li).ok() ? 1 : 0;
+  EXPECT_GE(served, 1);
+  EXPECT_EQ((*p)->stats().steps, 2U);
+}
+
+TEST(Prefetcher, HintsFillTheHostCacheWithoutChangingTheSequence) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  memory::HostTierOptions ho;
+  ho.cache_bytes = 8ULL << 20;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(f->store->layout(), ho);
+  ASSERT_TRUE(host.ok());
+  auto p = Prefetcher::Create(*f->store, f->version, host->get());
+  ASSERT_TRUE(p.ok());
+  auto s = *(*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 21, 3000)[0];
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{s, std::span(seq).first(20), {}}});
+  ASSERT_TRUE(sid.ok());
+  ASSERT_TRUE((*p)->Finish(*sid).ok());
+  ASSERT_TRUE((*p)->Hint(s, std::span(seq).subspan(20, 1)).ok());
+  // The hint runs when the worker is idle; a Finish on a later step orders us after it.
+  for (int i = 0; i < 200 && (*p)->stats().hints == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ((*p)->stats().hints, 1U);
+  EXPECT_GT((*p)->stats().hint_rows, 0U);
+  const auto before = (*p)->stats().layers[0].disk_rows;
+  auto sid2 = (*p)->Submit(std::vector<SequenceInput>{{s, std::span(seq).subspan(20, 1), {}}});
+  ASSERT_TRUE(sid2.ok());
+  ASSERT_TRUE((*p)->Wait(*sid2, 0).ok());
+  EXPECT_EQ((*p)->stats().layers[0].disk_rows, before);  // every row of the drafted token was in the cache
+  auto out = (*p)->Output(*sid2, 0);
+  const auto expect = ExpectedLayer(f->store->layout(), 0, {seq});
+  const std::size_t per_token = 24 * 264;
+  EXPECT_EQ(std::memcmp(out->rows, expect.data() + 20 * per_token, per_token), 0);
+}
+
+}  // namespace
+}  // namespace engram::prefetch
