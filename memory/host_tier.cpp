@@ -119,7 +119,8 @@ Status HostTier::LoadResident(const store::Store& store, const store::VersionHan
     // allocated in order, which Create does; read each region on its own all the same (simple, and each
     // read is already megabytes).
     for (int c = 0; c < cols; ++c) {
-      std::byte* base = region_base_[static_cast<std::size_t>(l * cols + c)];
+      std::byte* base =
+          region_base_[static_cast<std::size_t>(l) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c)];
       if (base == nullptr) continue;
       const std::int64_t rows = layout_.layer(l).primes[static_cast<std::size_t>(c)];
       ENGRAM_RETURN_IF_ERROR_CTX(store.ReadRange(version, l, layout_.region_offset(l, c),

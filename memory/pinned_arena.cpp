@@ -84,12 +84,15 @@ std::byte* MapAligned(std::uint64_t bytes, std::uint64_t align, std::string* why
     *why = fmt::format("mmap of {} bytes: {}", bytes, std::strerror(errno));
     return nullptr;
   }
-  const auto raw = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t aligned = RoundUp(raw, align);
-  if (aligned > raw) ::munmap(p, aligned - raw);
-  const std::uintptr_t end = raw + bytes + align;
-  if (end > aligned + bytes) ::munmap(reinterpret_cast<void*>(aligned + bytes), end - (aligned + bytes));
-  return reinterpret_cast<std::byte*>(aligned);
+  // Trim the mapping to the aligned part (pointer arithmetic on the mapping, no integer-to-pointer casts).
+  auto* raw = static_cast<std::byte*>(p);
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  const std::uint64_t head = RoundUp(addr, align) - addr;
+  std::byte* aligned = raw + head;
+  if (head > 0) ::munmap(raw, head);
+  const std::uint64_t tail = align - head;
+  if (tail > 0) ::munmap(aligned + bytes, tail);
+  return aligned;
 }
 
 // AnonHugePages (bytes) of the mapping that starts at `base`, from /proc/self/smaps.

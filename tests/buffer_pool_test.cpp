@@ -61,6 +61,7 @@ TEST(BufferPool, TryAcquireSaysBusyWhenTheBudgetIsInUse) {
 TEST(BufferPool, ReleasedRangesCoalesce) {
   auto pool = MakePool(4 * 4096);
   std::vector<PooledBuffer> bufs;
+  bufs.reserve(4);
   for (int i = 0; i < 4; ++i) bufs.push_back(std::move(pool->TryAcquire(4096)).value());
   bufs[1].reset();
   bufs[2].reset();
@@ -108,6 +109,7 @@ TEST(BufferPool, AcquireTimesOutWithDeadlineExceeded) {
 TEST(BufferPool, ManyThreadsNeverExceedTheBudget) {
   auto pool = MakePool(10 * 4096);
   std::vector<std::thread> threads;
+  threads.reserve(8);
   std::atomic<int> failures{0};
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {

@@ -20,6 +20,7 @@ Runner AddHashCommand(CLI::App& app);
 Runner AddTraceCommand(CLI::App& app);
 // synth, ingest, info, verify (one runner for the four).
 Runner AddStoreCommands(CLI::App& app);
+Runner AddPrefetchCommand(CLI::App& app);
 
 // Prints "engram <command>: <status>" to stderr and returns the exit code for a failed status (1).
 int Fail(std::string_view command, const Status& status);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add(&engram::cli::AddHashCommand);
   add(&engram::cli::AddTraceCommand);
   add(&engram::cli::AddStoreCommands);
+  add(&engram::cli::AddPrefetchCommand);
 
   try {
     app.parse(argc, argv);

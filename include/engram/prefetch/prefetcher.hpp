@@ -113,16 +113,16 @@ class Prefetcher {
   // Appends the batch's tokens and queues the step. Every sequence id and token is checked first: on an
   // error nothing is appended and no step is queued.
   [[nodiscard]] Result<StepId> Submit(std::span<const SequenceInput> batch);
-  // Blocks until the layer at `layer_index` of `step` is ready; its error if it failed.
-  [[nodiscard]] Status Wait(StepId step, int layer_index);
+  // Blocks until the layer at `layer_index` of step `id` is ready; its error if it failed.
+  [[nodiscard]] Status Wait(StepId id, int layer_index);
   // The layer's output (after a successful Wait); valid until Finish.
-  [[nodiscard]] Result<LayerOutput> Output(StepId step, int layer_index) const;
+  [[nodiscard]] Result<LayerOutput> Output(StepId id, int layer_index) const;
   // Releases the step's staging (waits for its layers first).
-  [[nodiscard]] Status Finish(StepId step);
+  [[nodiscard]] Status Finish(StepId id);
 
-  // Reads the rows `draft` tokens would need after `sequence`'s current history into the host cache,
+  // Reads the rows `draft` tokens would need after sequence `id`'s current history into the host cache,
   // when no step is waiting (never delays a step). The sequence itself is not changed.
-  [[nodiscard]] Status Hint(SequenceId sequence, std::span<const std::int32_t> draft);
+  [[nodiscard]] Status Hint(SequenceId id, std::span<const std::int32_t> draft);
 
   [[nodiscard]] PrefetchStats stats() const;
   [[nodiscard]] std::string StatsJson() const;
