@@ -978,7 +978,7 @@ Status Store::ReadRange(const VersionHandle& version, int layer_index, std::int6
     rocksdb::ReadOptions ro;
     ro.verify_checksums = true;
     ro.fill_cache = false;
-    ro.readahead_size = 4 << 20;
+    ro.readahead_size = 8 << 20;
     const std::string upper = detail::PageKey(layer_index, p1);
     rocksdb::Slice upper_slice(upper);
     ro.iterate_upper_bound = &upper_slice;

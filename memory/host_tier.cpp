@@ -65,13 +65,30 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const Layout& layout, const H
   if (ao.name == "arena") ao.name = "host tier";
   ENGRAM_ASSIGN_OR_RETURN(t->arena_, PinnedArena::Create(total, ao));
   t->region_base_.assign(chosen.size(), nullptr);
+  // One block per run of adjacent resident columns of a layer (adjacent regions are adjacent rows), so a
+  // run loads with one sequential read.
   for (int l = 0; l < layout.num_layers(); ++l) {
-    for (std::size_t c = 0; c < cols; ++c) {
-      const std::size_t i = static_cast<std::size_t>(l) * cols + c;
-      if (chosen[i] == 0) continue;
-      ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> region,
-                              t->arena_->Allocate(static_cast<std::uint64_t>(layout.layer(l).primes[c]) * row_bytes));
-      t->region_base_[i] = region.data();
+    for (std::size_t c = 0; c < cols;) {
+      if (chosen[static_cast<std::size_t>(l) * cols + c] == 0) {
+        ++c;
+        continue;
+      }
+      std::size_t e = c;
+      while (e < cols && chosen[static_cast<std::size_t>(l) * cols + e] != 0) ++e;
+      Run run;
+      run.layer_index = l;
+      run.first_row = layout.region_offset(l, static_cast<int>(c));
+      run.rows = (e == cols ? layout.layer_rows(l) : layout.region_offset(l, static_cast<int>(e))) - run.first_row;
+      ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> block,
+                              t->arena_->Allocate(static_cast<std::uint64_t>(run.rows) * row_bytes));
+      run.base = block.data();
+      for (std::size_t k = c; k < e; ++k) {
+        t->region_base_[static_cast<std::size_t>(l) * cols + k] =
+            run.base +
+            static_cast<std::size_t>(layout.region_offset(l, static_cast<int>(k)) - run.first_row) * row_bytes;
+      }
+      t->runs_.push_back(run);
+      c = e;
     }
   }
   if (t->shard_slots_ > 0) {
@@ -113,21 +130,13 @@ Status HostTier::LoadResident(const store::Store& store, const store::VersionHan
   }
   const auto t0 = std::chrono::steady_clock::now();
   const std::size_t row_bytes = layout_.row_bytes();
-  const int cols = layout_.columns();
-  for (int l = 0; l < layout_.num_layers(); ++l) {
-    // Runs of resident columns are adjacent rows of the layer and adjacent bytes of the arena only if
-    // allocated in order, which Create does; read each region on its own all the same (simple, and each
-    // read is already megabytes).
-    for (int c = 0; c < cols; ++c) {
-      std::byte* base =
-          region_base_[static_cast<std::size_t>(l) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c)];
-      if (base == nullptr) continue;
-      const std::int64_t rows = layout_.layer(l).primes[static_cast<std::size_t>(c)];
-      ENGRAM_RETURN_IF_ERROR_CTX(store.ReadRange(version, l, layout_.region_offset(l, c),
-                                                 std::span(base, static_cast<std::size_t>(rows) * row_bytes)),
-                                 fmt::format("host tier: loading layer {} column {}", layout_.layer(l).layer_id, c));
-      loaded_bytes_ += static_cast<std::uint64_t>(rows) * row_bytes;
-    }
+  for (const Run& run : runs_) {
+    ENGRAM_RETURN_IF_ERROR_CTX(
+        store.ReadRange(version, run.layer_index, run.first_row,
+                        std::span(run.base, static_cast<std::size_t>(run.rows) * row_bytes)),
+        fmt::format("host tier: loading layer {} rows [{}, {})", layout_.layer(run.layer_index).layer_id, run.first_row,
+                    run.first_row + run.rows));
+    loaded_bytes_ += static_cast<std::uint64_t>(run.rows) * row_bytes;
   }
   load_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Status::Ok();

@@ -88,6 +88,8 @@ struct Prefetcher::Impl {
 
   void Run();
   void ServeLayer(Step& step, int layer);
+  // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
+  void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, LayerStats st, Status status);
   void ServeHint(const HintWork& h);
 };
 
@@ -125,6 +127,23 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   const std::int32_t layer_id = layout.layer(l).layer_id;
   LayerStats st;
   Status status;
+  constexpr std::size_t kChunk = 4096;
+  // Every region of the layer resident: lookups are offsets; gather each position directly (no
+  // de-duplication needed: nothing is read twice from disk).
+  bool all_resident = host != nullptr;
+  for (int c = 0; all_resident && c < layout.columns(); ++c) all_resident = host->IsResident(l, c);
+  if (all_resident) {
+    pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
+      for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+        std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
+      }
+    });
+    st.lookups = n;
+    st.distinct = n;
+    st.resident_hits = n;
+    FinishLayer(step, l, n, rows, std::move(st), Status::Ok());
+    return;
+  }
   // De-duplicate across the batch: positions sorted by row; DEAD positions are not read (zeroed below).
   std::vector<std::uint32_t> order;
   order.reserve(n);
@@ -146,7 +165,6 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
     }
   };
   // Host tier, in parallel chunks; misses are collected per chunk.
-  constexpr std::size_t kChunk = 4096;
   const std::size_t chunks = (distinct + kChunk - 1) / kChunk;
   std::vector<std::vector<std::size_t>> chunk_misses(chunks);
   std::atomic<std::uint64_t> resident{0}, cached{0};
@@ -190,6 +208,16 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
       status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layer_id));
     }
   }
+  FinishLayer(step, l, n, rows, std::move(st), std::move(status));
+}
+
+void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::int64_t* rows, LayerStats st,
+                                   Status status) {
+  constexpr std::size_t kChunk = 4096;
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const std::size_t row_bytes = layout.row_bytes();
+  std::byte* out = step.RowsOut(l);
+  const std::int32_t layer_id = layout.layer(l).layer_id;
   if (status.ok() && !step.dead.empty()) {
     for (std::int64_t t = 0; t < step.tokens; ++t) {
       if (step.dead[static_cast<std::size_t>(t)] != 0) {

@@ -1,7 +1,7 @@
 #include "store_util.hpp"
 
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 

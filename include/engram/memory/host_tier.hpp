@@ -78,7 +78,7 @@ class HostTier {
   HostTier& operator=(const HostTier&) = delete;
 
   // Fills the resident regions from `version` of the store (whose layout must equal this tier's).
-  // Regions that are adjacent in a layer are read as one range.
+  // Regions that are adjacent in a layer are held in one block and read as one sequential range.
   [[nodiscard]] Status LoadResident(const store::Store& store, const store::VersionHandle& version);
 
   [[nodiscard]] bool IsResident(int layer_index, int column) const noexcept;
@@ -111,6 +111,13 @@ class HostTier {
   Layout layout_;
   HostTierOptions options_;
   std::unique_ptr<PinnedArena> arena_;
+  struct Run {  // adjacent resident regions of one layer, one block of the arena
+    int layer_index = 0;
+    std::int64_t first_row = 0;
+    std::int64_t rows = 0;
+    std::byte* base = nullptr;
+  };
+  std::vector<Run> runs_;
   std::vector<std::byte*> region_base_;  // [layer * columns + column], nullptr if not resident
   std::vector<std::unique_ptr<Shard>> shards_;
   std::uint32_t shard_slots_ = 0;
