@@ -29,8 +29,12 @@ double Seconds(Clock::duration d) {
 struct Step {
   StepId id = 0;
   std::int64_t tokens = 0;
-  std::vector<std::int64_t> rows;  // [layer][token][column]
+  std::vector<std::int64_t> rows;  // [layer][token][column], hashed by the worker layer by layer
   std::vector<std::uint8_t> dead;  // per token
+  // Per sequence of the batch: its hash window (history, then the new ids with DEAD applied) and the
+  // step position of its first new token.
+  std::vector<std::vector<std::int32_t>> windows;
+  std::vector<std::size_t> first_token;
   memory::PooledBuffer buffer;
   std::size_t rows_bytes_per_layer = 0;
   std::size_t bf16_values_per_layer = 0;  // 0: no BF16 output
@@ -88,6 +92,8 @@ struct Prefetcher::Impl {
 
   void Run();
   void ServeLayer(Step& step, int layer);
+  // Row ids of one layer for every token of the step, from the sequences' windows.
+  void HashLayer(Step& step, int layer);
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
   void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, LayerStats st, Status status);
   void ServeHint(const HintWork& h);
@@ -118,13 +124,33 @@ void Prefetcher::Impl::Run() {
   }
 }
 
+void Prefetcher::Impl::HashLayer(Step& step, int l) {
+  // Chunks of up to kTokens tokens of one sequence, hashed in parallel: a chunk's window is the
+  // sequence's window from the chunk's first token minus the history.
+  constexpr std::size_t kTokens = 2048;
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
+  std::vector<std::pair<std::size_t, std::size_t>> chunks;  // (sequence, first token)
+  for (std::size_t s = 0; s < step.windows.size(); ++s) {
+    for (std::size_t t = 0; t + hist < step.windows[s].size(); t += kTokens) chunks.emplace_back(s, t);
+  }
+  std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * static_cast<std::size_t>(step.tokens) * cols;
+  const LayerHasher& h = hasher.layer(l);
+  pool.ParallelFor(chunks.size(), [&](std::size_t i) {
+    const auto [s, t] = chunks[i];
+    const std::vector<std::int32_t>& w = step.windows[s];
+    const std::size_t count = std::min(kTokens, w.size() - hist - t);
+    h.HashWindowUnchecked(w.data() + t, count, rows + (step.first_token[s] + t) * cols);
+  });
+}
+
 void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   const auto cols = static_cast<std::size_t>(layout.columns());
   const std::size_t row_bytes = layout.row_bytes();
   const auto n = static_cast<std::size_t>(step.tokens) * cols;
+  HashLayer(step, l);
   const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
   std::byte* out = step.RowsOut(l);
-  const std::int32_t layer_id = layout.layer(l).layer_id;
   LayerStats st;
   Status status;
   constexpr std::size_t kChunk = 4096;
@@ -205,7 +231,7 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
         }
       });
     } else {
-      status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layer_id));
+      status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layout.layer(l).layer_id));
     }
   }
   FinishLayer(step, l, n, rows, std::move(st), std::move(status));
@@ -386,19 +412,20 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
       seqs.push_back(s);
     }
     std::size_t t0 = 0;
-    std::vector<std::int64_t> rows;
+    const auto hist = static_cast<std::size_t>(im.layout.max_ngram() - 1);
     for (std::size_t b = 0; b < batch.size(); ++b) {
       const auto& in = batch[b];
-      const std::size_t k = in.tokens.size();
-      rows.resize(layers * k * cols);
-      // Ids were checked above, so this cannot fail part way through the batch.
-      ENGRAM_RETURN_IF_ERROR(seqs[b]->AppendAndHash(im.hasher, in.tokens, in.dead, rows));
-      for (std::size_t l = 0; l < layers; ++l) {
-        std::copy_n(rows.begin() + static_cast<std::ptrdiff_t>(l * k * cols), k * cols,
-                    step->rows.begin() + static_cast<std::ptrdiff_t>((l * tokens + t0) * cols));
+      std::vector<std::int32_t> w(hist + in.tokens.size());
+      seqs[b]->History(std::span(w).first(hist));
+      for (std::size_t i = 0; i < in.tokens.size(); ++i) {
+        w[hist + i] = (!in.dead.empty() && in.dead[i] != 0) ? kDeadId : in.tokens[i];
       }
+      // Ids were checked above, so this cannot fail part way through the batch.
+      ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
+      step->windows.push_back(std::move(w));
+      step->first_token.push_back(t0);
       for (std::size_t t = 0; t < in.dead.size(); ++t) step->dead[t0 + t] = in.dead[t];
-      t0 += k;
+      t0 += in.tokens.size();
     }
   }
   step->status.resize(layers);

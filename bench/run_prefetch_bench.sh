@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The prefetcher benchmark with its raw baselines, all in this run on one disk:
+#   1. a synthetic V4.1-format checkpoint at --scale and its store (skipped with --reuse DIR/store present)
+#   2. bench_prefetch: resident load vs a sequential O_DIRECT read of the table files; resident steps vs a
+#      plain memcpy gather of the same rows with the same threads; disk-backed steps through a host cache
+#   3. fio 4 KiB random reads (io_uring, O_DIRECT) of the store's largest table file at the store's queue
+#      depth (read threads x 32 keys), and the ratio of the disk-backed steps' disk reads/s to it
+#
+#   bench/run_prefetch_bench.sh [--scale 0.01] [--dir /tmp/engram-prefetch-bench] [--seconds 2] [--threads 4]
+#                               [--read-threads 8] [--host-cache BYTES] [--reuse]
+# Environment: BUILD (default build), FIO (default fio on PATH).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scale=0.01 dir=/tmp/engram-prefetch-bench seconds=2 threads=4 read_threads=8 host_cache=$((64 << 20)) reuse=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --scale) scale=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --read-threads) read_threads=$2; shift 2 ;;
+    --host-cache) host_cache=$2; shift 2 ;;
+    --reuse) reuse=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+build=${BUILD:-build}
+fio=${FIO:-fio}
+E=$build/tools/engram
+echo "== machine: $(nproc) cores, $(uname -r), $(free -g | awk 'NR==2 {print $2}') GiB RAM"
+if [ "$reuse" = 1 ] && [ -d "$dir/store" ]; then
+  echo "(reusing $dir/store)"
+else
+  rm -rf "$dir" && mkdir -p "$dir"
+  $E synth --layout deepseek-v4.1-flash --scale "$scale" --out "$dir/ck" --quiet
+  $E ingest --layout "$dir/ck/layout.json" --checkpoint "$dir/ck" --store "$dir/store" --quiet
+  rm -rf "$dir/ck"
+fi
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && echo "(page cache dropped)" || echo "(page cache NOT dropped: not permitted)"
+
+echo "== bench_prefetch"
+$build/bench/bench_prefetch --store "$dir/store" --threads "$threads" --read-threads "$read_threads" \
+  --seconds "$seconds" --host-cache "$host_cache" --csv "$dir/prefetch.csv"
+
+qd=$((read_threads * 32))
+sst=$(ls -S "$dir"/store/*.sst | head -1)
+echo "== fio 4 KiB random reads of $sst (io_uring, O_DIRECT, QD $qd)"
+$fio --name=rr --filename="$sst" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
+  --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr.json"
+python3 - "$dir" <<'PY'
+import csv, json, sys
+d = sys.argv[1]
+iops = json.load(open(f"{d}/fio-rr.json"))["jobs"][0]["read"]["iops"]
+print(f"fio: {iops:.0f} IOPS")
+print(f"{'disk-backed shape':<18} {'disk rd/s':>10} {'/ fio':>7} {'distinct rows/s':>16} {'/ fio':>7}  (target: disk rows/s >= 75% of fio)")
+for r in csv.DictReader(open(f"{d}/prefetch.csv")):
+    if r["mode"] != "disk":
+        continue
+    rd, dr = float(r["reads_per_s"]), float(r["distinct_per_s"])
+    print(f"{r['shape']:<18} {rd:10.0f} {rd / iops:6.0%} {dr:16.0f} {dr / iops:6.0%}")
+PY
