@@ -95,7 +95,7 @@ struct Prefetcher::Impl {
   // Row ids of one layer for every token of the step, from the sequences' windows.
   void HashLayer(Step& step, int layer);
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
-  void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, LayerStats st, Status status);
+  void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, const LayerStats& st, Status status);
   void ServeHint(const HintWork& h);
 };
 
@@ -167,7 +167,7 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
     st.lookups = n;
     st.distinct = n;
     st.resident_hits = n;
-    FinishLayer(step, l, n, rows, std::move(st), Status::Ok());
+    FinishLayer(step, l, n, rows, st, Status::Ok());
     return;
   }
   // De-duplicate across the batch: positions sorted by row; DEAD positions are not read (zeroed below).
@@ -234,10 +234,10 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
       status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layout.layer(l).layer_id));
     }
   }
-  FinishLayer(step, l, n, rows, std::move(st), std::move(status));
+  FinishLayer(step, l, n, rows, st, std::move(status));
 }
 
-void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::int64_t* rows, LayerStats st,
+void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::int64_t* rows, const LayerStats& st,
                                    Status status) {
   constexpr std::size_t kChunk = 4096;
   const auto cols = static_cast<std::size_t>(layout.columns());
