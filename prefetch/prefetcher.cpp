@@ -86,6 +86,7 @@ struct Prefetcher::Impl {
   StepId next_step = 1;
   bool stop = false;
   std::thread worker;
+  bool all_resident = false;  // every region of every layer is resident in the host tier
   // Statistics (under mu).
   std::uint64_t steps_served = 0, tokens_served = 0, hints_served = 0, hint_rows = 0;
   std::vector<LayerStats> layer_stats;
@@ -156,9 +157,9 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   constexpr std::size_t kChunk = 4096;
   // Every region of the layer resident: lookups are offsets; gather each position directly (no
   // de-duplication needed: nothing is read twice from disk).
-  bool all_resident = host != nullptr;
-  for (int c = 0; all_resident && c < layout.columns(); ++c) all_resident = host->IsResident(l, c);
-  if (all_resident) {
+  bool layer_resident = host != nullptr;
+  for (int c = 0; layer_resident && c < layout.columns(); ++c) layer_resident = host->IsResident(l, c);
+  if (layer_resident) {
     pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
       for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
         std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
@@ -217,8 +218,12 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
     for (std::size_t i = 0; i < misses.size(); ++i) miss_rows[i] = rows[order[group[misses[i]]]];
     std::vector<std::byte> buf(misses.size() * row_bytes);
     const auto t0 = Clock::now();
+    const store::StoreIoStats io0 = store.io_stats();
     status = store.ReadRows(version, l, miss_rows, buf);
+    const store::StoreIoStats io1 = store.io_stats();
     st.disk_seconds = Seconds(Clock::now() - t0);
+    st.disk_reads = (io1.reads + io1.direct_reads) - (io0.reads + io0.direct_reads);
+    st.disk_bytes = (io1.bytes + io1.direct_bytes) - (io0.bytes + io0.direct_bytes);
     if (status.ok()) {
       pool.ParallelFor((misses.size() + kChunk - 1) / kChunk, [&](std::size_t c) {
         for (std::size_t i = c * kChunk; i < std::min(misses.size(), (c + 1) * kChunk); ++i) {
@@ -282,6 +287,8 @@ void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::
   total.cache_hits += st.cache_hits;
   total.disk_rows += st.disk_rows;
   total.disk_seconds += st.disk_seconds;
+  total.disk_reads += st.disk_reads;
+  total.disk_bytes += st.disk_bytes;
   total.ready_seconds += Seconds(Clock::now() - step.submitted);
   if (!status.ok()) ++total.failed_steps;
   if (l == layout.num_layers() - 1) {
@@ -345,6 +352,13 @@ Result<std::unique_ptr<Prefetcher>> Prefetcher::Create(const store::Store& store
   impl->layer_stats.resize(static_cast<std::size_t>(impl->layout.num_layers()));
   for (int l = 0; l < impl->layout.num_layers(); ++l) {
     impl->layer_stats[static_cast<std::size_t>(l)].layer_id = impl->layout.layer(l).layer_id;
+  }
+  if (host_tier != nullptr) {
+    impl->all_resident = true;
+    for (int l = 0; l < impl->layout.num_layers(); ++l) {
+      for (int c = 0; c < impl->layout.columns(); ++c)
+        impl->all_resident = impl->all_resident && host_tier->IsResident(l, c);
+    }
   }
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->Run(); });
@@ -431,13 +445,19 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
   step->status.resize(layers);
   step->ready.assign(layers, 0);
   step->submitted = Clock::now();
+  const bool inline_step = im.all_resident && tokens * cols * layers <= im.options.inline_rows;
   {
     std::lock_guard<std::mutex> lock(im.mu);
     step->id = im.next_step++;
     im.steps.emplace(step->id, step);
-    im.queue.push_back(step);
+    if (!inline_step) im.queue.push_back(step);
   }
-  im.cv.notify_all();
+  if (inline_step) {
+    // Every row is an offset into the resident tier: serve it here, without a hand-off.
+    for (int l = 0; l < im.layout.num_layers(); ++l) im.ServeLayer(*step, l);
+  } else {
+    im.cv.notify_all();
+  }
   return step->id;
 }
 
@@ -557,6 +577,8 @@ std::string Prefetcher::StatsJson() const {
                            {"resident_hits", l.resident_hits},
                            {"cache_hits", l.cache_hits},
                            {"disk_rows", l.disk_rows},
+                           {"disk_reads", l.disk_reads},
+                           {"disk_bytes", l.disk_bytes},
                            {"failed_steps", l.failed_steps},
                            {"disk_seconds", l.disk_seconds},
                            {"ready_seconds", l.ready_seconds},

@@ -79,10 +79,10 @@ std::vector<std::vector<std::int32_t>> TraceSequences(std::size_t count, std::si
 
 // Prefill the sequences in one step, then decode `decode` more tokens one step each; checks every layer
 // of every step against the reference, and returns the prefetcher's stats.
-PrefetchStats RunAndCheck(Fixture& f, memory::HostTier* host, std::size_t nseq, std::size_t prefill,
-                          std::size_t decode) {
+PrefetchStats RunAndCheck(Fixture& f, memory::HostTier* host, std::size_t nseq, std::size_t prefill, std::size_t decode,
+                          const PrefetcherOptions& options = {}) {
   const Layout& layout = f.store->layout();
-  auto p = Prefetcher::Create(*f.store, f.version, host);
+  auto p = Prefetcher::Create(*f.store, f.version, host, options);
   EXPECT_TRUE(p.ok()) << p.status().ToString();
   const auto full = TraceSequences(nseq, prefill + decode, 1000);
   std::vector<SequenceId> ids;
@@ -124,6 +124,8 @@ TEST(Prefetcher, PrefillAndDecodeFromDiskMatchTheReference) {
   EXPECT_EQ(st.tokens, 4U * 70);
   EXPECT_EQ(st.layers[0].lookups, 4U * 70 * 24);
   EXPECT_EQ(st.layers[0].disk_rows, st.layers[0].distinct);
+  EXPECT_GT(st.layers[0].disk_reads, 0U);
+  EXPECT_GE(st.layers[0].disk_bytes, st.layers[0].disk_reads * 4096);
   EXPECT_LT(st.layers[0].distinct, st.layers[0].lookups);  // the batch repeats rows (pad n-grams at least)
 }
 
@@ -155,6 +157,22 @@ TEST(Prefetcher, AResidentHostTierServesEveryRowWithoutDisk) {
     EXPECT_EQ(l.disk_rows, 0U);
     EXPECT_EQ(l.resident_hits, l.distinct);
   }
+}
+
+TEST(Prefetcher, AResidentHostTierServedByTheWorkerMatchesTheReference) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  memory::HostTierOptions ho;
+  ho.resident = memory::ResidentRegions::kAll;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(f->store->layout(), ho);
+  ASSERT_TRUE(host.ok());
+  ASSERT_TRUE((*host)->LoadResident(*f->store, f->version).ok());
+  PrefetcherOptions o;
+  o.inline_rows = 0;  // every step through the worker thread
+  const auto st = RunAndCheck(*f, host->get(), 3, 32, 4, o);
+  EXPECT_EQ(st.layers[0].disk_rows, 0U);
+  EXPECT_EQ(st.steps, 5U);
 }
 
 TEST(Prefetcher, ResidentLoadEqualsTheStoreRowForRow) {
@@ -316,6 +334,7 @@ TEST(Prefetcher, ACorruptBlockFailsTheStepThatNeedsItAndLaterStepsAreServed) {
   EXPECT_EQ(failed.code(), StatusCode::kCorruption);
   EXPECT_NE(failed.message().find("layer"), std::string::npos) << failed.ToString();
   EXPECT_NE(failed.message().find("rows ["), std::string::npos) << failed.ToString();
+  EXPECT_NE(failed.message().find(".sst"), std::string::npos) << failed.ToString();  // the file
   ASSERT_TRUE((*p)->Finish(*sid).ok());
   // A short step whose rows avoid the corrupt page is served normally.
   auto s2 = *(*p)->CreateSequence();
