@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 namespace engram::memory {
 namespace {
@@ -130,14 +132,48 @@ Status HostTier::LoadResident(const store::Store& store, const store::VersionHan
   }
   const auto t0 = std::chrono::steady_clock::now();
   const std::size_t row_bytes = layout_.row_bytes();
+  const std::uint32_t threads = options_.load_threads != 0
+                                    ? options_.load_threads
+                                    : std::clamp<std::uint32_t>(std::thread::hardware_concurrency(), 1, 32);
+  // Pieces of at least 4 MiB (about two per thread), taken in order by the loading threads.
+  struct Piece {
+    const Run* run;
+    std::int64_t first;
+    std::int64_t rows;
+  };
+  std::vector<Piece> pieces;
   for (const Run& run : runs_) {
-    ENGRAM_RETURN_IF_ERROR_CTX(
-        store.ReadRange(version, run.layer_index, run.first_row,
-                        std::span(run.base, static_cast<std::size_t>(run.rows) * row_bytes)),
-        fmt::format("host tier: loading layer {} rows [{}, {})", layout_.layer(run.layer_index).layer_id, run.first_row,
-                    run.first_row + run.rows));
-    loaded_bytes_ += static_cast<std::uint64_t>(run.rows) * row_bytes;
+    const std::int64_t min_rows = std::max<std::int64_t>(1, (4LL << 20) / static_cast<std::int64_t>(row_bytes));
+    const std::int64_t per = std::max<std::int64_t>(min_rows, run.rows / (2 * static_cast<std::int64_t>(threads)) + 1);
+    for (std::int64_t r = 0; r < run.rows; r += per) pieces.push_back({&run, r, std::min(per, run.rows - r)});
   }
+  std::atomic<std::size_t> next{0};
+  std::mutex error_mu;
+  Status error;
+  auto work = [&] {
+    for (std::size_t i = next++; i < pieces.size(); i = next++) {
+      const Piece& p = pieces[i];
+      Status s = store.ReadRange(version, p.run->layer_index, p.run->first_row + p.first,
+                                 std::span(p.run->base + static_cast<std::size_t>(p.first) * row_bytes,
+                                           static_cast<std::size_t>(p.rows) * row_bytes));
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (error.ok()) {
+          error = std::move(s).WithContext(
+              fmt::format("host tier: loading layer {} rows [{}, {})", layout_.layer(p.run->layer_index).layer_id,
+                          p.run->first_row + p.first, p.run->first_row + p.first + p.rows));
+        }
+        next = pieces.size();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (std::uint32_t t = 1; t < std::min<std::size_t>(threads, pieces.size()); ++t) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+  ENGRAM_RETURN_IF_ERROR(error);
+  for (const Run& run : runs_) loaded_bytes_ += static_cast<std::uint64_t>(run.rows) * row_bytes;
   load_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Status::Ok();
 }

@@ -51,6 +51,10 @@ struct HostTierOptions {
   std::uint32_t cache_shards = 64;
   // How the arena holding resident regions and the cache is mapped and pinned. Default: ArenaOptions{}.
   ArenaOptions arena;
+  // Threads that load resident regions, each reading consecutive parts of a run through
+  // Store::ReadRange (which splits its part again over the store's read threads). 0: one per hardware
+  // thread, at most 32. Default: 0.
+  std::uint32_t load_threads = 0;
 };
 
 struct HostTierStats {
