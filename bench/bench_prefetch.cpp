@@ -9,7 +9,7 @@
 // Shapes: decode steps of B sequences x 1 token (B = 1..512) and prefill chunks of one sequence.
 //
 //   bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] [--read-threads 8]
-//                  [--modes resident,disk] [--csv FILE]
+//                  [--modes resident,disk] [--read-path multiget|direct] [--csv FILE]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -86,6 +86,7 @@ struct Args {
   std::uint32_t read_threads = 8;
   std::string modes = "resident,disk";
   std::string csv;
+  std::string read_path = "multiget";
 };
 
 struct Result {
@@ -227,11 +228,12 @@ int main(int argc, char** argv) {
   if (a.store.empty()) {
     std::fprintf(stderr,
                  "usage: bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] "
-                 "[--read-threads 8] [--modes resident,disk] [--csv FILE]\n");
+                 "[--read-threads 8] [--modes resident,disk] [--read-path multiget|direct] [--csv FILE]\n");
     return 2;
   }
   engram::store::StoreOptions so;
   so.read_threads = a.read_threads;
+  so.read_path = a.read_path == "direct" ? engram::store::ReadPath::kDirectBlocks : engram::store::ReadPath::kMultiGet;
   auto store = engram::store::Store::Open(a.store, so);
   if (!store.ok()) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
@@ -291,8 +293,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "disk: %s\n", host.status().ToString().c_str());
       return 1;
     }
-    std::printf("\ndisk-backed steps, host cache %.0f MiB, store read threads %u (queue depth ~%u):\n",
-                static_cast<double>(a.host_cache) / 1048576.0, a.read_threads, a.read_threads * 32);
+    if (a.read_path == "direct") {
+      std::printf("\ndisk-backed steps, host cache %.0f MiB, direct block reads (queue depth %u):\n",
+                  static_cast<double>(a.host_cache) / 1048576.0, so.direct_queue_depth);
+    } else {
+      std::printf("\ndisk-backed steps, host cache %.0f MiB, store read threads %u (queue depth ~%u):\n",
+                  static_cast<double>(a.host_cache) / 1048576.0, a.read_threads, a.read_threads * 32);
+    }
     std::printf("%-16s %12s %12s %12s %9s %9s %12s\n", "shape", "rows/s", "distinct/s", "disk rd/s", "p50 ms", "p99 ms",
                 "L1 wait p99");
     for (const auto& sh : shapes) {

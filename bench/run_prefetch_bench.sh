@@ -7,11 +7,13 @@
 #      depth (read threads x 32 keys), and the ratio of the disk-backed steps' disk reads/s to it
 #
 #   bench/run_prefetch_bench.sh [--scale 0.01] [--dir /tmp/engram-prefetch-bench] [--seconds 2] [--threads 4]
-#                               [--read-threads 8] [--host-cache BYTES] [--reuse]
+#                               [--read-threads 8] [--host-cache BYTES] [--read-path multiget|direct]
+#                               [--modes resident,disk] [--reuse]
+# With --read-path direct the fio queue depth is the direct path's (128).
 # Environment: BUILD (default build), FIO (default fio on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scale=0.01 dir=/tmp/engram-prefetch-bench seconds=2 threads=4 read_threads=8 host_cache=$((64 << 20)) reuse=0
+scale=0.01 dir=/tmp/engram-prefetch-bench seconds=2 threads=4 read_threads=8 host_cache=$((64 << 20)) reuse=0 read_path=multiget modes=resident,disk
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) scale=$2; shift 2 ;;
@@ -20,6 +22,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --read-threads) read_threads=$2; shift 2 ;;
     --host-cache) host_cache=$2; shift 2 ;;
+    --read-path) read_path=$2; shift 2 ;;
+    --modes) modes=$2; shift 2 ;;
     --reuse) reuse=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -41,9 +45,10 @@ echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && echo "(page cache dropped)" || e
 
 echo "== bench_prefetch"
 $build/bench/bench_prefetch --store "$dir/store" --threads "$threads" --read-threads "$read_threads" \
-  --seconds "$seconds" --host-cache "$host_cache" --csv "$dir/prefetch.csv"
+  --seconds "$seconds" --host-cache "$host_cache" --read-path "$read_path" --modes "$modes" --csv "$dir/prefetch.csv"
 
 qd=$((read_threads * 32))
+[ "$read_path" = direct ] && qd=128
 sst=$(ls -S "$dir"/store/*.sst | head -1)
 echo "== fio 4 KiB random reads of $sst (io_uring, O_DIRECT, QD $qd)"
 $fio --name=rr --filename="$sst" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \

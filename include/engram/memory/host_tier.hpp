@@ -52,9 +52,11 @@ struct HostTierOptions {
   // How the arena holding resident regions and the cache is mapped and pinned. Default: ArenaOptions{}.
   ArenaOptions arena;
   // Threads that load resident regions, each reading consecutive parts of a run through
-  // Store::ReadRange (which splits its part again over the store's read threads). 0: one per hardware
-  // thread, at most 32. Default: 0.
-  std::uint32_t load_threads = 0;
+  // Store::ReadRange (which splits its part again over the store's read threads, so one thread already
+  // keeps read_threads sequential streams going). 0: one per hardware thread, at most 32. Default: 1 (on
+  // the virtio disks measured, 16 threads loaded 9.4 GiB at 0.55x the sequential read rate, one at
+  // 0.65-0.78x; a fast NVMe drive may want more).
+  std::uint32_t load_threads = 1;
 };
 
 struct HostTierStats {
