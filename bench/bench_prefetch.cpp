@@ -220,6 +220,8 @@ int main(int argc, char** argv) {
       a.modes = v;
     else if (k == "--csv")
       a.csv = v;
+    else if (k == "--read-path")
+      a.read_path = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
