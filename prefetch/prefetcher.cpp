@@ -126,22 +126,37 @@ void Prefetcher::Impl::Run() {
 }
 
 void Prefetcher::Impl::HashLayer(Step& step, int l) {
-  // Chunks of up to kTokens tokens of one sequence, hashed in parallel: a chunk's window is the
-  // sequence's window from the chunk's first token minus the history.
+  // Tasks of about kTokens tokens, hashed in parallel: a task is a list of segments (sequence, first
+  // token, count), so a long prefill is cut into several tasks and many one-token decode sequences share
+  // one. A segment's window is the sequence's window from its first token minus the history.
   constexpr std::size_t kTokens = 2048;
+  struct Segment {
+    std::size_t sequence, first, count;
+  };
   const auto cols = static_cast<std::size_t>(layout.columns());
   const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
-  std::vector<std::pair<std::size_t, std::size_t>> chunks;  // (sequence, first token)
+  std::vector<std::vector<Segment>> tasks(1);
+  std::size_t in_task = 0;
   for (std::size_t s = 0; s < step.windows.size(); ++s) {
-    for (std::size_t t = 0; t + hist < step.windows[s].size(); t += kTokens) chunks.emplace_back(s, t);
+    const std::size_t tokens = step.windows[s].size() - hist;
+    for (std::size_t t = 0; t < tokens;) {
+      if (in_task == kTokens) {
+        tasks.emplace_back();
+        in_task = 0;
+      }
+      const std::size_t count = std::min(tokens - t, kTokens - in_task);
+      tasks.back().push_back({s, t, count});
+      in_task += count;
+      t += count;
+    }
   }
   std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * static_cast<std::size_t>(step.tokens) * cols;
   const LayerHasher& h = hasher.layer(l);
-  pool.ParallelFor(chunks.size(), [&](std::size_t i) {
-    const auto [s, t] = chunks[i];
-    const std::vector<std::int32_t>& w = step.windows[s];
-    const std::size_t count = std::min(kTokens, w.size() - hist - t);
-    h.HashWindowUnchecked(w.data() + t, count, rows + (step.first_token[s] + t) * cols);
+  pool.ParallelFor(tasks.size(), [&](std::size_t i) {
+    for (const Segment& g : tasks[i]) {
+      h.HashWindowUnchecked(step.windows[g.sequence].data() + g.first, g.count,
+                            rows + (step.first_token[g.sequence] + g.first) * cols);
+    }
   });
 }
 

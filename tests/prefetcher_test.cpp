@@ -129,6 +129,30 @@ TEST(Prefetcher, PrefillAndDecodeFromDiskMatchTheReference) {
   EXPECT_LT(st.layers[0].distinct, st.layers[0].lookups);  // the batch repeats rows (pad n-grams at least)
 }
 
+TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  // Hashing is cut into tasks of 2,048 tokens: sequences longer than a task and short ones sharing one.
+  const auto& all = test::BrownCompressed();
+  const std::vector<std::vector<std::int32_t>> seqs = {{all.begin() + 40000, all.begin() + 43000},
+                                                       {all.begin() + 50000, all.begin() + 50001},
+                                                       {all.begin() + 60000, all.begin() + 62100},
+                                                       {all.begin() + 70000, all.begin() + 70005}};
+  std::vector<SequenceInput> batch;
+  for (const auto& s : seqs) batch.push_back({*(*p)->CreateSequence(), s, {}});
+  auto sid = (*p)->Submit(batch);
+  ASSERT_TRUE(sid.ok());
+  for (int li = 0; li < 2; ++li) {
+    ASSERT_TRUE((*p)->Wait(*sid, li).ok());
+    auto out = (*p)->Output(*sid, li);
+    const auto expect = ExpectedLayer(f->store->layout(), li, seqs);
+    ASSERT_EQ(expect.size(), static_cast<std::size_t>(out->tokens) * 24 * 264);
+    EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0) << "layer " << li;
+  }
+}
+
 TEST(Prefetcher, ACachedHostTierServesRepeatsAndMatchesTheReference) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
