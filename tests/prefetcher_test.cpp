@@ -141,6 +141,7 @@ TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {
                                                        {all.begin() + 60000, all.begin() + 62100},
                                                        {all.begin() + 70000, all.begin() + 70005}};
   std::vector<SequenceInput> batch;
+  batch.reserve(seqs.size());
   for (const auto& s : seqs) batch.push_back({*(*p)->CreateSequence(), s, {}});
   auto sid = (*p)->Submit(batch);
   ASSERT_TRUE(sid.ok());
