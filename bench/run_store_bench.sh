@@ -73,6 +73,13 @@ for round in $(seq 1 "$repeats"); do
     if [[ $c == d* ]]; then qd=${c#d}; else qd=$((${c%x*} * ${c#*x})); fi
     $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
       --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$round-$c.json"
+    python3 - "$dir/store-$round-$c.csv" "$dir/fio-rr-$round-$c.json" "$c" "$qd" <<'PY'
+import csv, json, sys
+row = next(x for x in csv.DictReader(open(sys.argv[1])) if x["source"].startswith("decode"))
+iops = json.load(open(sys.argv[2]))["jobs"][0]["read"]["iops"]
+pg = float(row["pages_per_s"])
+print(f"   {sys.argv[3]:>6} (QD {sys.argv[4]}): store {pg:.0f} pages/s, fio right after {iops:.0f} IOPS: {pg / iops:.0%}")
+PY
   done
 done
 
