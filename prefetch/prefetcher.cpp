@@ -363,7 +363,7 @@ Result<std::unique_ptr<Prefetcher>> Prefetcher::Create(const store::Store& store
   memory::BufferPoolOptions po;
   po.budget_bytes = options.staging_bytes;
   po.name = "prefetch staging";
-  ENGRAM_ASSIGN_OR_RETURN(impl->staging, memory::BufferPool::Create(po));
+  ENGRAM_ASSIGN_OR_RETURN(impl->staging, memory::BufferPool::Create(po, options.staging_arena));
   impl->layer_stats.resize(static_cast<std::size_t>(impl->layout.num_layers()));
   for (int l = 0; l < impl->layout.num_layers(); ++l) {
     impl->layer_stats[static_cast<std::size_t>(l)].layer_id = impl->layout.layer(l).layer_id;

@@ -314,6 +314,32 @@ TEST(Prefetcher, BadStepsAreRefusedAndChangeNothing) {
   EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0);
 }
 
+TEST(Prefetcher, StagingFromAnArenaHoldsTheOutputs) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  memory::ArenaOptions ao;
+  ao.huge_pages = memory::HugePages::kNone;
+  auto arena = memory::PinnedArena::Create(8ULL << 20, ao);
+  ASSERT_TRUE(arena.ok());
+  PrefetcherOptions o;
+  o.staging_bytes = 4ULL << 20;
+  o.staging_arena = arena->get();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr, o);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ((*arena)->available(), 4ULL << 20);
+  auto s = (*p)->CreateSequence();
+  const auto seq = TraceSequences(1, 30, 11000)[0];
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*s, seq, {}}});
+  ASSERT_TRUE(sid.ok());
+  ASSERT_TRUE((*p)->Wait(*sid, 0).ok());
+  auto out = (*p)->Output(*sid, 0);
+  ASSERT_TRUE(out.ok());
+  EXPECT_GE(out->rows, (*arena)->data());
+  EXPECT_LT(out->rows, (*arena)->data() + (*arena)->size());
+  const auto expect = ExpectedLayer(f->store->layout(), 0, {seq});
+  EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0);
+}
+
 TEST(Prefetcher, AStepLargerThanTheStagingBudgetIsRefused) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();

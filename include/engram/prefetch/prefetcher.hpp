@@ -45,6 +45,9 @@ struct PrefetcherOptions {
   // cannot fit at all is refused by Submit (kResourceExhausted); one that must wait for earlier steps
   // to Finish waits up to staging_timeout, then fails with kDeadlineExceeded. Default: 256 MiB.
   std::uint64_t staging_bytes = 256ULL << 20;
+  // If set, the staging budget is taken from this arena (pinned, huge pages: what a GPU copies from
+  // fastest); else from the heap. Not owned; must outlive the prefetcher. Default: none.
+  memory::PinnedArena* staging_arena = nullptr;
   // How long Submit waits for staging. Default: 10 s.
   std::chrono::milliseconds staging_timeout{10'000};
   // Default: kBf16.
