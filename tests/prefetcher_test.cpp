@@ -414,8 +414,8 @@ TEST(Prefetcher, HintsFillTheHostCacheWithoutChangingTheSequence) {
   ASSERT_TRUE(sid.ok());
   ASSERT_TRUE((*p)->Finish(*sid).ok());
   ASSERT_TRUE((*p)->Hint(s, std::span(seq).subspan(20, 1)).ok());
-  // The hint runs when the worker is idle; a Finish on a later step orders us after it.
-  for (int i = 0; i < 200 && (*p)->stats().hints == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The hint runs when the worker is idle: poll for it (up to 10 s).
+  for (int i = 0; i < 2000 && (*p)->stats().hints == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   ASSERT_EQ((*p)->stats().hints, 1U);
   EXPECT_GT((*p)->stats().hint_rows, 0U);
   const auto before = (*p)->stats().layers[0].disk_rows;
