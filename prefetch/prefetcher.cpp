@@ -79,7 +79,8 @@ struct Prefetcher::Impl {
   detail::ThreadPool pool;
 
   mutable std::mutex mu;
-  std::condition_variable cv;
+  std::condition_variable work_cv;   // the worker waits for steps and hints
+  std::condition_variable ready_cv;  // callers wait for layers
   std::deque<std::shared_ptr<Step>> queue;
   std::deque<HintWork> hints;
   std::map<StepId, std::shared_ptr<Step>> steps;
@@ -103,7 +104,7 @@ struct Prefetcher::Impl {
 void Prefetcher::Impl::Run() {
   std::unique_lock<std::mutex> lock(mu);
   while (true) {
-    cv.wait(lock, [&] { return stop || !queue.empty() || !hints.empty(); });
+    work_cv.wait(lock, [&] { return stop || !queue.empty() || !hints.empty(); });
     if (!queue.empty()) {
       std::shared_ptr<Step> step = queue.front();
       queue.pop_front();
@@ -312,7 +313,7 @@ void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::
   }
   step.status[static_cast<std::size_t>(l)] = std::move(status);
   step.ready[static_cast<std::size_t>(l)] = 1;
-  cv.notify_all();
+  ready_cv.notify_all();
 }
 
 void Prefetcher::Impl::ServeHint(const HintWork& h) {
@@ -348,7 +349,7 @@ Prefetcher::~Prefetcher() {
     impl_->stop = true;
     impl_->hints.clear();
   }
-  impl_->cv.notify_all();
+  impl_->work_cv.notify_all();
   if (impl_->worker.joinable()) impl_->worker.join();
 }
 
@@ -471,7 +472,7 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
     // Every row is an offset into the resident tier: serve it here, without a hand-off.
     for (int l = 0; l < im.layout.num_layers(); ++l) im.ServeLayer(*step, l);
   } else {
-    im.cv.notify_all();
+    im.work_cv.notify_one();
   }
   return step->id;
 }
@@ -489,7 +490,7 @@ Status Prefetcher::Wait(StepId id, int layer_index) {
   const auto l = static_cast<std::size_t>(layer_index);
   if (step->ready[l] == 0) {
     const auto t0 = Clock::now();
-    im.cv.wait(lock, [&] { return step->ready[l] != 0; });
+    im.ready_cv.wait(lock, [&] { return step->ready[l] != 0; });
     im.layer_stats[l].waited_seconds += Seconds(Clock::now() - t0);
   }
   return step->status[l];
@@ -528,8 +529,8 @@ Status Prefetcher::Finish(StepId id) {
     auto it = im.steps.find(id);
     if (it == im.steps.end()) return Status::NotFound(fmt::format("finish: no step {}", id));
     step = it->second;
-    im.cv.wait(lock,
-               [&] { return std::all_of(step->ready.begin(), step->ready.end(), [](auto r) { return r != 0; }); });
+    im.ready_cv.wait(
+        lock, [&] { return std::all_of(step->ready.begin(), step->ready.end(), [](auto r) { return r != 0; }); });
     im.steps.erase(it);
   }
   return Status::Ok();
@@ -556,7 +557,7 @@ Status Prefetcher::Hint(SequenceId id, std::span<const std::int32_t> draft) {
     std::lock_guard<std::mutex> lock(im.mu);
     im.hints.push_back(std::move(h));
   }
-  im.cv.notify_all();
+  im.work_cv.notify_one();
   return Status::Ok();
 }
 
