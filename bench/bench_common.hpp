@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../core/percentile.hpp"
 #include "engram/hasher.hpp"
 #include "engram/store/store.hpp"
 
@@ -27,11 +28,7 @@ inline double CpuSeconds() {
          static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
-inline double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
-}
+using detail::Percentile;
 
 struct Batches {
   std::string name;

@@ -8,18 +8,13 @@
 #include <cstring>
 #include <thread>
 
+#include "../core/hash_mix.hpp"
+
 namespace engram::memory {
 namespace {
 
 std::uint64_t Key(int layer_index, std::int64_t row) {
   return (static_cast<std::uint64_t>(layer_index) << 40) | static_cast<std::uint64_t>(row);
-}
-
-std::uint64_t Mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  return x;
 }
 
 }  // namespace
@@ -110,7 +105,7 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(const Layout& layout, const H
 HostTier::~HostTier() = default;
 
 HostTier::Shard& HostTier::ShardOf(std::uint64_t key) noexcept {
-  return *shards_[Mix(key) % shards_.size()];
+  return *shards_[detail::Mix64(key) % shards_.size()];
 }
 
 bool HostTier::IsResident(int layer_index, int column) const noexcept {

@@ -9,6 +9,7 @@
 #include <queue>
 #include <thread>
 
+#include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
 #include "engram/hasher.hpp"
 #include "engram/token_map.hpp"
@@ -25,18 +26,14 @@ struct Stream {
   std::vector<std::uint8_t> columns;  // dense id -> column (order and head)
 };
 
-// Open addressing from (layer, row) keys to dense ids.
+// Open addressing from (layer, row) keys to dense ids; doubles when half full.
 class DenseIds {
  public:
-  explicit DenseIds(std::size_t expected) {
-    std::size_t cap = 16;
-    while (cap < expected * 2) cap <<= 1;
-    slots_.assign(cap, Slot{});
-    mask_ = cap - 1;
-  }
+  explicit DenseIds(std::size_t expected) { Resize(std::max<std::size_t>(16, std::bit_ceil(expected * 2))); }
   // Returns (id, inserted).
   std::pair<std::uint32_t, bool> Get(std::uint64_t key) {
-    std::size_t i = Mix(key) & mask_;
+    if (2 * (static_cast<std::size_t>(next_) + 1) > slots_.size()) Resize(slots_.size() * 2);
+    std::size_t i = detail::Mix64(key) & mask_;
     while (true) {
       Slot& s = slots_[i];
       if (s.key == key + 1) return {s.id, false};
@@ -54,11 +51,16 @@ class DenseIds {
     std::uint64_t key = 0;  // key + 1; 0: empty
     std::uint32_t id = 0;
   };
-  static std::uint64_t Mix(std::uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    return x;
+  void Resize(std::size_t capacity) {
+    std::vector<Slot> old(capacity);
+    old.swap(slots_);
+    mask_ = capacity - 1;
+    for (const Slot& s : old) {
+      if (s.key == 0) continue;
+      std::size_t i = detail::Mix64(s.key - 1) & mask_;
+      while (slots_[i].key != 0) i = (i + 1) & mask_;
+      slots_[i] = s;
+    }
   }
   std::vector<Slot> slots_;
   std::size_t mask_ = 0;
@@ -183,7 +185,6 @@ Result<TraceAnalysis> AnalyzeTrace(const Layout& layout, std::span<const std::in
   Stream s;
   s.ids.resize(lookups);
   {
-    std::vector<std::int64_t> rows(n * cols);
     DenseIds dense(std::min<std::size_t>(lookups, 1U << 26));
     // Hash each layer, then interleave into the stream as token-major order.
     std::vector<std::vector<std::int64_t>> per_layer(layers);

@@ -14,6 +14,7 @@
 
 #include "../core/thread_pool.hpp"
 #include "engram/hasher.hpp"
+#include "engram/log.hpp"
 #include "engram/prefetch/dequant.hpp"
 #include "engram/token_map.hpp"
 
@@ -87,9 +88,10 @@ struct Prefetcher::Impl {
   StepId next_step = 1;
   bool stop = false;
   std::thread worker;
-  bool all_resident = false;  // every region of every layer is resident in the host tier
+  std::vector<std::uint8_t> layer_resident;  // per layer: every region of it is resident in the host tier
+  bool all_resident = false;                 // every layer is
   // Statistics (under mu).
-  std::uint64_t steps_served = 0, tokens_served = 0, hints_served = 0, hint_rows = 0;
+  std::uint64_t steps_served = 0, tokens_served = 0, hints_served = 0, hint_rows = 0, hint_errors = 0;
   std::vector<LayerStats> layer_stats;
 
   void Run();
@@ -173,9 +175,7 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   constexpr std::size_t kChunk = 4096;
   // Every region of the layer resident: lookups are offsets; gather each position directly (no
   // de-duplication needed: nothing is read twice from disk).
-  bool layer_resident = host != nullptr;
-  for (int c = 0; layer_resident && c < layout.columns(); ++c) layer_resident = host->IsResident(l, c);
-  if (layer_resident) {
+  if (layer_resident[static_cast<std::size_t>(l)] != 0) {
     pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
       for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
         std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
@@ -321,6 +321,7 @@ void Prefetcher::Impl::ServeHint(const HintWork& h) {
   const std::size_t row_bytes = layout.row_bytes();
   const auto n = static_cast<std::size_t>(h.tokens) * cols;
   std::uint64_t read = 0;
+  std::uint64_t errors = 0;
   for (int l = 0; l < layout.num_layers(); ++l) {
     std::vector<std::pair<std::int64_t, int>> want;  // (row, column)
     for (std::size_t i = 0; i < n; ++i) {
@@ -333,12 +334,19 @@ void Prefetcher::Impl::ServeHint(const HintWork& h) {
     std::vector<std::int64_t> rows(want.size());
     for (std::size_t i = 0; i < want.size(); ++i) rows[i] = want[i].first;
     std::vector<std::byte> buf(rows.size() * row_bytes);
-    if (!store.ReadRows(version, l, rows, buf).ok()) continue;  // a hint is best effort; real steps report errors
+    // A hint is best effort: a failed read is counted and logged, and the step that needs the rows will
+    // read them itself and report the error to its caller.
+    if (const Status st = store.ReadRows(version, l, rows, buf); !st.ok()) {
+      ++errors;
+      Log(LogLevel::kWarn, "hint: layer {}: {}", layout.layer(l).layer_id, st.ToString());
+      continue;
+    }
     for (std::size_t i = 0; i < want.size(); ++i) host->Admit(l, want[i].second, rows[i], buf.data() + i * row_bytes);
     read += want.size();
   }
   std::lock_guard<std::mutex> lock(mu);
   hint_rows += read;
+  hint_errors += errors;
 }
 
 Prefetcher::Prefetcher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -369,13 +377,14 @@ Result<std::unique_ptr<Prefetcher>> Prefetcher::Create(const store::Store& store
   for (int l = 0; l < impl->layout.num_layers(); ++l) {
     impl->layer_stats[static_cast<std::size_t>(l)].layer_id = impl->layout.layer(l).layer_id;
   }
-  if (host_tier != nullptr) {
-    impl->all_resident = true;
-    for (int l = 0; l < impl->layout.num_layers(); ++l) {
-      for (int c = 0; c < impl->layout.columns(); ++c)
-        impl->all_resident = impl->all_resident && host_tier->IsResident(l, c);
+  impl->layer_resident.assign(static_cast<std::size_t>(impl->layout.num_layers()), host_tier != nullptr ? 1 : 0);
+  for (int l = 0; l < impl->layout.num_layers() && host_tier != nullptr; ++l) {
+    for (int c = 0; c < impl->layout.columns(); ++c) {
+      if (!host_tier->IsResident(l, c)) impl->layer_resident[static_cast<std::size_t>(l)] = 0;
     }
   }
+  impl->all_resident =
+      std::all_of(impl->layer_resident.begin(), impl->layer_resident.end(), [](std::uint8_t r) { return r != 0; });
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<Prefetcher>(new Prefetcher(std::move(impl)));
@@ -570,6 +579,7 @@ PrefetchStats Prefetcher::stats() const {
     s.tokens = im.tokens_served;
     s.hints = im.hints_served;
     s.hint_rows = im.hint_rows;
+    s.hint_errors = im.hint_errors;
     s.layers = im.layer_stats;
   }
   if (im.host != nullptr) s.host = im.host->stats();
@@ -585,6 +595,7 @@ std::string Prefetcher::StatsJson() const {
   j["tokens"] = s.tokens;
   j["hints"] = s.hints;
   j["hint_rows"] = s.hint_rows;
+  j["hint_errors"] = s.hint_errors;
   j["layers"] = nlohmann::ordered_json::array();
   for (const auto& l : s.layers) {
     j["layers"].push_back({{"layer_id", l.layer_id},

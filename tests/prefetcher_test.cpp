@@ -42,6 +42,23 @@ std::unique_ptr<Fixture> MakeStore() {
   return f;
 }
 
+// A host tier on the fixture's store on 4 KiB pages: an 8 MiB row cache, or every region resident and
+// loaded.
+std::unique_ptr<memory::HostTier> MakeTier(Fixture& f, memory::ResidentRegions resident) {
+  memory::HostTierOptions ho;
+  ho.resident = resident;
+  if (resident == memory::ResidentRegions::kNone) ho.cache_bytes = 8ULL << 20;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  auto host = memory::HostTier::Create(f.store->layout(), ho);
+  EXPECT_TRUE(host.ok()) << host.status().ToString();
+  if (!host.ok()) return nullptr;
+  if (resident != memory::ResidentRegions::kNone) {
+    const Status s = (*host)->LoadResident(*f.store, f.version);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  return std::move(*host);
+}
+
 // The reference BF16 of one E4M3 code and E8M0 scale, computed in double and rounded by hand.
 std::uint16_t ReferenceBf16(std::uint8_t code, std::uint8_t scale) {
   const int sign = (code & 0x80) != 0 ? -1 : 1;
@@ -157,12 +174,9 @@ TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {
 TEST(Prefetcher, ACachedHostTierServesRepeatsAndMatchesTheReference) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
-  memory::HostTierOptions ho;
-  ho.cache_bytes = 8ULL << 20;
-  ho.arena.huge_pages = memory::HugePages::kNone;
-  auto host = memory::HostTier::Create(f->store->layout(), ho);
-  ASSERT_TRUE(host.ok()) << host.status().ToString();
-  const auto st = RunAndCheck(*f, host->get(), 4, 64, 10);
+  auto host = MakeTier(*f, memory::ResidentRegions::kNone);
+  ASSERT_NE(host, nullptr);
+  const auto st = RunAndCheck(*f, host.get(), 4, 64, 10);
   EXPECT_GT(st.layers[0].cache_hits, 0U);
   EXPECT_EQ(st.layers[0].cache_hits + st.layers[0].disk_rows, st.layers[0].distinct);
   EXPECT_GT(st.host.admissions, 0U);
@@ -171,13 +185,9 @@ TEST(Prefetcher, ACachedHostTierServesRepeatsAndMatchesTheReference) {
 TEST(Prefetcher, AResidentHostTierServesEveryRowWithoutDisk) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
-  memory::HostTierOptions ho;
-  ho.resident = memory::ResidentRegions::kAll;
-  ho.arena.huge_pages = memory::HugePages::kNone;
-  auto host = memory::HostTier::Create(f->store->layout(), ho);
-  ASSERT_TRUE(host.ok());
-  ASSERT_TRUE((*host)->LoadResident(*f->store, f->version).ok());
-  const auto st = RunAndCheck(*f, host->get(), 3, 32, 4);
+  auto host = MakeTier(*f, memory::ResidentRegions::kAll);
+  ASSERT_NE(host, nullptr);
+  const auto st = RunAndCheck(*f, host.get(), 3, 32, 4);
   for (const auto& l : st.layers) {
     EXPECT_EQ(l.disk_rows, 0U);
     EXPECT_EQ(l.resident_hits, l.distinct);
@@ -187,15 +197,11 @@ TEST(Prefetcher, AResidentHostTierServesEveryRowWithoutDisk) {
 TEST(Prefetcher, AResidentHostTierServedByTheWorkerMatchesTheReference) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
-  memory::HostTierOptions ho;
-  ho.resident = memory::ResidentRegions::kAll;
-  ho.arena.huge_pages = memory::HugePages::kNone;
-  auto host = memory::HostTier::Create(f->store->layout(), ho);
-  ASSERT_TRUE(host.ok());
-  ASSERT_TRUE((*host)->LoadResident(*f->store, f->version).ok());
+  auto host = MakeTier(*f, memory::ResidentRegions::kAll);
+  ASSERT_NE(host, nullptr);
   PrefetcherOptions o;
   o.inline_rows = 0;  // every step through the worker thread
-  const auto st = RunAndCheck(*f, host->get(), 3, 32, 4, o);
+  const auto st = RunAndCheck(*f, host.get(), 3, 32, 4, o);
   EXPECT_EQ(st.layers[0].disk_rows, 0U);
   EXPECT_EQ(st.steps, 5U);
 }
@@ -401,12 +407,9 @@ TEST(Prefetcher, ACorruptBlockFailsTheStepThatNeedsItAndLaterStepsAreServed) {
 TEST(Prefetcher, HintsFillTheHostCacheWithoutChangingTheSequence) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
-  memory::HostTierOptions ho;
-  ho.cache_bytes = 8ULL << 20;
-  ho.arena.huge_pages = memory::HugePages::kNone;
-  auto host = memory::HostTier::Create(f->store->layout(), ho);
-  ASSERT_TRUE(host.ok());
-  auto p = Prefetcher::Create(*f->store, f->version, host->get());
+  auto host = MakeTier(*f, memory::ResidentRegions::kNone);
+  ASSERT_NE(host, nullptr);
+  auto p = Prefetcher::Create(*f->store, f->version, host.get());
   ASSERT_TRUE(p.ok());
   auto s = *(*p)->CreateSequence();
   const auto seq = TraceSequences(1, 21, 3000)[0];

@@ -208,60 +208,58 @@ TEST(TraceAnalysis, BadInputIsRefused) {
   EXPECT_EQ(AnalyzeTrace(*layout, std::vector<std::int32_t>{1, 2, 3}, o).status().code(), StatusCode::kInvalidArgument);
 }
 
-// The policy as a cache drives it: admitted slots stay inside the capacity, no slot ever holds two rows,
-// and the number of rows cached never exceeds the capacity.
+// A row cache's bookkeeping around a RowCachePolicy (the key -> slot map the host tier keeps), checking
+// on every admission that the slot is inside the capacity and that no more rows than slots are held.
+class DrivenPolicy {
+ public:
+  DrivenPolicy(std::uint32_t capacity, const RowCachePolicyOptions& options)
+      : policy_(capacity, options), key_in_(capacity, UINT64_MAX) {}
+  // Reads `key`; true on a hit.
+  bool Read(std::uint64_t key, int order) {
+    auto it = slot_of_.find(key);
+    if (it != slot_of_.end()) {
+      policy_.OnHit(it->second);
+      return true;
+    }
+    const auto a = policy_.OnMiss(key, order);
+    if (!a.admit) return false;
+    EXPECT_LT(a.slot, key_in_.size());
+    if (a.slot >= key_in_.size()) return false;
+    if (key_in_[a.slot] != UINT64_MAX) slot_of_.erase(key_in_[a.slot]);
+    key_in_[a.slot] = key;
+    slot_of_[key] = a.slot;
+    EXPECT_LE(slot_of_.size(), key_in_.size());
+    return false;
+  }
+
+ private:
+  RowCachePolicy policy_;
+  std::unordered_map<std::uint64_t, std::uint32_t> slot_of_;
+  std::vector<std::uint64_t> key_in_;
+};
+
 TEST(RowCachePolicy, SlotsStayInsideTheCapacity) {
   for (auto kind : {RowCachePolicyKind::kLru, RowCachePolicyKind::kAdaptiveFrequency}) {
     RowCachePolicyOptions o;
     o.kind = kind;
-    const std::uint32_t cap = 97;
-    RowCachePolicy p(cap, o);
-    std::unordered_map<std::uint64_t, std::uint32_t> slot_of;
-    std::vector<std::uint64_t> key_in(cap, UINT64_MAX);
+    DrivenPolicy p(97, o);
     std::uint64_t x = 1;
-    for (int i = 0; i < 200000; ++i) {
+    for (int i = 0; i < 200000 && !HasFailure(); ++i) {
       x = x * 6364136223846793005ULL + 1442695040888963407ULL;
       const std::uint64_t key = (x >> 33) % (i % 3 == 0 ? 50 : 5000);  // a hot set and a long tail
-      auto it = slot_of.find(key);
-      if (it != slot_of.end()) {
-        p.OnHit(it->second);
-        continue;
-      }
-      auto a = p.OnMiss(key, 2 + static_cast<int>(key % 3));
-      if (!a.admit) continue;
-      ASSERT_LT(a.slot, cap);
-      if (key_in[a.slot] != UINT64_MAX) slot_of.erase(key_in[a.slot]);
-      key_in[a.slot] = key;
-      slot_of[key] = a.slot;
-      ASSERT_LE(slot_of.size(), cap);
+      p.Read(key, 2 + static_cast<int>(key % 3));
     }
   }
 }
 
 TEST(RowCachePolicy, RowsReadAgainSurviveAFloodOfOneTimeRows) {
-  RowCachePolicy p(100, RowCachePolicyOptions{});
-  std::unordered_map<std::uint64_t, std::uint32_t> slot_of;
-  std::vector<std::uint64_t> key_in(100, UINT64_MAX);
-  auto read = [&](std::uint64_t key) {
-    auto it = slot_of.find(key);
-    if (it != slot_of.end()) {
-      p.OnHit(it->second);
-      return true;
-    }
-    auto a = p.OnMiss(key, 2);
-    if (a.admit) {
-      if (key_in[a.slot] != UINT64_MAX) slot_of.erase(key_in[a.slot]);
-      key_in[a.slot] = key;
-      slot_of[key] = a.slot;
-    }
-    return false;
-  };
+  DrivenPolicy p(100, RowCachePolicyOptions{});
   for (int rep = 0; rep < 3; ++rep) {
-    for (std::uint64_t k = 0; k < 5; ++k) read(k);  // hot rows, read in a burst
+    for (std::uint64_t k = 0; k < 5; ++k) p.Read(k, 2);  // hot rows, read in a burst
   }
-  for (std::uint64_t k = 1000; k < 11000; ++k) read(k);  // 100x the capacity of rows read once
+  for (std::uint64_t k = 1000; k < 11000; ++k) p.Read(k, 2);  // 100x the capacity of rows read once
   int kept = 0;
-  for (std::uint64_t k = 0; k < 5; ++k) kept += read(k) ? 1 : 0;
+  for (std::uint64_t k = 0; k < 5; ++k) kept += p.Read(k, 2) ? 1 : 0;
   EXPECT_EQ(kept, 5);
 }
 

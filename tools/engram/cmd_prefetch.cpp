@@ -5,17 +5,19 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "../../core/percentile.hpp"
 #include "commands.hpp"
 #include "engram/memory/host_tier.hpp"
 #include "engram/prefetch/prefetcher.hpp"
 
 namespace engram::cli {
 namespace {
+
+using detail::Percentile;
 
 struct PrefetchArgs {
   std::string store;
@@ -33,12 +35,6 @@ struct PrefetchArgs {
   std::uint64_t staging = 1ULL << 30;
   bool json = false;
 };
-
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<std::size_t>(std::lround(q * static_cast<double>(v.size() - 1)))];
-}
 
 int Run(const PrefetchArgs& a) {
   const char* what = "prefetch";

@@ -249,11 +249,7 @@ Runner AddTraceCommand(CLI::App& app) {
       ->check(CLI::IsMember({"adaptive", "lru"}))
       ->capture_default_str();
   analyze->add_option("--threads", args->threads, "Simulation threads; 0: all hardware threads")->capture_default_str();
-  return [args, summary, analyze]() -> int {
-    if (analyze->parsed()) return RunAnalyze(*args);
-    (void)summary;
-    return RunSummary(*args);
-  };
+  return [args, analyze]() -> int { return analyze->parsed() ? RunAnalyze(*args) : RunSummary(*args); };
 }
 
 }  // namespace engram::cli

@@ -98,7 +98,8 @@ struct PrefetchStats {
   std::uint64_t steps = 0;
   std::uint64_t tokens = 0;
   std::uint64_t hints = 0;
-  std::uint64_t hint_rows = 0;  // rows hints read from disk into the host cache
+  std::uint64_t hint_rows = 0;    // rows hints read from disk into the host cache
+  std::uint64_t hint_errors = 0;  // hint reads that failed (logged; the steps that need the rows report them)
   std::vector<LayerStats> layers;
   memory::HostTierStats host;
   memory::BufferPoolStats staging;
