@@ -176,7 +176,7 @@ Status HostTier::LoadResident(const store::Store& store, const store::VersionHan
 bool HostTier::Get(int layer_index, int column, std::int64_t row, std::byte* dst) {
   if (const std::byte* r = ResidentRow(layer_index, column, row); r != nullptr) {
     std::memcpy(dst, r, layout_.row_bytes());
-    resident_hits_.fetch_add(1, std::memory_order_relaxed);
+    resident_hits_.Add();
     return true;
   }
   if (!shards_.empty()) {
@@ -187,11 +187,11 @@ bool HostTier::Get(int layer_index, int column, std::int64_t row, std::byte* dst
     if (it != s.slot_of.end()) {
       std::memcpy(dst, s.rows + static_cast<std::size_t>(it->second) * layout_.row_bytes(), layout_.row_bytes());
       s.policy->OnHit(it->second);
-      cache_hits_.fetch_add(1, std::memory_order_relaxed);
+      cache_hits_.Add();
       return true;
     }
   }
-  misses_.fetch_add(1, std::memory_order_relaxed);
+  misses_.Add();
   return false;
 }
 
@@ -214,12 +214,12 @@ void HostTier::Admit(int layer_index, int column, std::int64_t row, const std::b
   if (!a.admit) return;
   if (s.key_in[a.slot] != UINT64_MAX) {
     s.slot_of.erase(s.key_in[a.slot]);
-    evictions_.fetch_add(1, std::memory_order_relaxed);
+    evictions_.Add();
   }
   s.key_in[a.slot] = key;
   s.slot_of.emplace(key, a.slot);
   std::memcpy(s.rows + static_cast<std::size_t>(a.slot) * layout_.row_bytes(), src, layout_.row_bytes());
-  admissions_.fetch_add(1, std::memory_order_relaxed);
+  admissions_.Add();
 }
 
 HostTierStats HostTier::stats() const {
@@ -237,11 +237,11 @@ HostTierStats HostTier::stats() const {
     std::lock_guard<std::mutex> lock(s->mu);
     st.cached_rows += s->slot_of.size();
   }
-  st.resident_hits = resident_hits_.load();
-  st.cache_hits = cache_hits_.load();
-  st.misses = misses_.load();
-  st.admissions = admissions_.load();
-  st.evictions = evictions_.load();
+  st.resident_hits = resident_hits_.Sum();
+  st.cache_hits = cache_hits_.Sum();
+  st.misses = misses_.Sum();
+  st.admissions = admissions_.Sum();
+  st.evictions = evictions_.Sum();
   st.loaded_bytes = loaded_bytes_;
   st.load_seconds = load_seconds_;
   return st;

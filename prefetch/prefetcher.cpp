@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -12,6 +13,7 @@
 #include <numeric>
 #include <thread>
 
+#include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
 #include "engram/hasher.hpp"
 #include "engram/log.hpp"
@@ -101,6 +103,30 @@ struct Prefetcher::Impl {
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
   void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, const LayerStats& st, Status status);
   void ServeHint(const HintWork& h);
+  // Statistics and the layer's readiness.
+  void Complete(Step& step, int layer, const LayerStats& st, Status status);
+
+  // A layer's distinct rows (DEAD positions left out), in order of first appearance: rows[g] is first
+  // read at position first[g]; lookup[i] is position i's distinct index, or -1 for a DEAD position.
+  struct Distinct {
+    std::vector<std::int64_t> rows;
+    std::vector<std::uint32_t> first;
+    std::vector<std::int32_t> lookup;
+    std::size_t lookups = 0;  // positions that are not DEAD
+    [[nodiscard]] std::size_t size() const noexcept { return rows.size(); }
+  };
+  // One pass over the positions with an open-addressing table (the worker thread's scratch).
+  void Dedupe(const Step& step, const std::int64_t* rows, std::size_t n, Distinct& d);
+  std::vector<std::uint64_t> dedupe_keys;  // row + 1; 0: empty
+  std::vector<std::uint32_t> dedupe_vals;
+  Distinct distinct;  // the worker's, reused layer after layer
+  // Gets the distinct rows `which` (indices into d) from the host tier, then the store: row g is written
+  // at dst_of(g). Fills the lookup and disk fields of st.
+  template <typename DstFn>
+  Status FetchRows(const Step& step, int l, const Distinct& d, std::span<const std::size_t> which, DstFn dst_of,
+                   LayerStats& st);
+  // With a device sink: distinct rows, the sink's plan, compact staging, the sink's Ready.
+  void ServeDeviceLayer(Step& step, int layer, LayerStats& st);
 };
 
 void Prefetcher::Impl::Run() {
@@ -167,95 +193,270 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   const auto cols = static_cast<std::size_t>(layout.columns());
   const std::size_t row_bytes = layout.row_bytes();
   const auto n = static_cast<std::size_t>(step.tokens) * cols;
-  HashLayer(step, l);
-  const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
-  std::byte* out = step.RowsOut(l);
   LayerStats st;
-  Status status;
+  auto t0 = Clock::now();
+  HashLayer(step, l);
+  st.hash_seconds = Seconds(Clock::now() - t0);
+  const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
+  if (options.device != nullptr) {
+    ServeDeviceLayer(step, l, st);
+    return;
+  }
+  std::byte* out = step.RowsOut(l);
   constexpr std::size_t kChunk = 4096;
   // Every region of the layer resident: lookups are offsets; gather each position directly (no
   // de-duplication needed: nothing is read twice from disk).
   if (layer_resident[static_cast<std::size_t>(l)] != 0) {
+    t0 = Clock::now();
     pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
       for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
         std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
       }
     });
+    st.gather_seconds = Seconds(Clock::now() - t0);
     st.lookups = n;
     st.distinct = n;
     st.resident_hits = n;
     FinishLayer(step, l, n, rows, st, Status::Ok());
     return;
   }
-  // De-duplicate across the batch: positions sorted by row; DEAD positions are not read (zeroed below).
-  std::vector<std::uint32_t> order;
-  order.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (step.dead.empty() || step.dead[i / cols] == 0) order.push_back(static_cast<std::uint32_t>(i));
+  t0 = Clock::now();
+  Distinct& d = distinct;
+  Dedupe(step, rows, n, d);
+  st.lookups = d.lookups;
+  st.distinct = d.size();
+  st.lookup_seconds = Seconds(Clock::now() - t0);
+  // Each distinct row lands at its first position, then is copied to the others.
+  std::vector<std::size_t> all(d.size());
+  std::iota(all.begin(), all.end(), std::size_t{0});
+  Status status = FetchRows(
+      step, l, d, all, [&](std::size_t g) { return out + static_cast<std::size_t>(d.first[g]) * row_bytes; }, st);
+  if (status.ok()) {
+    t0 = Clock::now();
+    pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
+      for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+        const std::int32_t g = d.lookup[i];
+        if (g < 0 || d.first[static_cast<std::size_t>(g)] == i) continue;
+        std::memcpy(out + i * row_bytes,
+                    out + static_cast<std::size_t>(d.first[static_cast<std::size_t>(g)]) * row_bytes, row_bytes);
+      }
+    });
+    st.gather_seconds += Seconds(Clock::now() - t0);
   }
-  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return rows[a] < rows[b]; });
-  std::vector<std::size_t> group;  // group[g] .. group[g + 1]: positions of distinct row g in `order`
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    if (i == 0 || rows[order[i]] != rows[order[i - 1]]) group.push_back(i);
-  }
-  const std::size_t distinct = group.size();
-  group.push_back(order.size());
-  st.lookups = order.size();
-  st.distinct = distinct;
-  auto copy_group = [&](std::size_t g, const std::byte* src) {
-    for (std::size_t j = group[g]; j < group[g + 1]; ++j) {
-      std::memcpy(out + static_cast<std::size_t>(order[j]) * row_bytes, src, row_bytes);
+  FinishLayer(step, l, n, rows, st, std::move(status));
+}
+
+void Prefetcher::Impl::Dedupe(const Step& step, const std::int64_t* rows, std::size_t n, Distinct& d) {
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  auto dead = [&](std::size_t i) { return !step.dead.empty() && step.dead[i / cols] != 0; };
+  // One table, in first-appearance order, for small steps; for large ones (a prefill), positions are
+  // split into partitions by hash and each partition de-duplicated on its own thread.
+  constexpr std::size_t kParallelFrom = 16384;  // below this, handing out to the pool costs more than it saves
+  d.lookup.resize(n);
+  d.rows.clear();
+  d.first.clear();
+  d.lookups = 0;
+  if (n < kParallelFrom || pool.size() == 0) {
+    std::size_t cap = 64;
+    while (cap < 2 * n) cap <<= 1;
+    if (dedupe_keys.size() < cap) {
+      dedupe_keys.resize(cap);
+      dedupe_vals.resize(cap);
     }
-  };
+    std::fill_n(dedupe_keys.begin(), cap, 0);
+    const std::size_t mask = cap - 1;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (dead(i)) {
+        d.lookup[i] = -1;
+        continue;
+      }
+      ++d.lookups;
+      const std::uint64_t key = static_cast<std::uint64_t>(rows[i]) + 1;
+      std::size_t h = detail::Mix64(key) & mask;
+      while (dedupe_keys[h] != 0 && dedupe_keys[h] != key) h = (h + 1) & mask;
+      if (dedupe_keys[h] == 0) {
+        dedupe_keys[h] = key;
+        dedupe_vals[h] = static_cast<std::uint32_t>(d.rows.size());
+        d.rows.push_back(rows[i]);
+        d.first.push_back(static_cast<std::uint32_t>(i));
+      }
+      d.lookup[i] = static_cast<std::int32_t>(dedupe_vals[h]);
+    }
+    return;
+  }
+  constexpr std::size_t kParts = 64;  // by the hash's top 6 bits
+  constexpr std::size_t kChunk = 8192;
+  const std::size_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<std::uint8_t> part(n);
+  std::vector<std::array<std::uint32_t, kParts>> count(chunks);
+  pool.ParallelFor(chunks, [&](std::size_t c) {
+    count[c].fill(0);
+    for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+      if (dead(i)) {
+        part[i] = 0xFF;
+        continue;
+      }
+      part[i] = static_cast<std::uint8_t>(detail::Mix64(static_cast<std::uint64_t>(rows[i]) + 1) >> 58);
+      ++count[c][part[i]];
+    }
+  });
+  // Positions grouped by partition (chunk order, so increasing within a partition).
+  std::vector<std::uint32_t> at(chunks * kParts);
+  std::array<std::size_t, kParts + 1> part_begin{};
+  std::size_t total = 0;
+  for (std::size_t q = 0; q < kParts; ++q) {
+    part_begin[q] = total;
+    for (std::size_t c = 0; c < chunks; ++c) {
+      at[c * kParts + q] = static_cast<std::uint32_t>(total);
+      total += count[c][q];
+    }
+  }
+  part_begin[kParts] = total;
+  d.lookups = total;
+  std::vector<std::uint32_t> pos(total);
+  pool.ParallelFor(chunks, [&](std::size_t c) {
+    for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+      if (part[i] == 0xFF) {
+        d.lookup[i] = -1;
+      } else {
+        pos[at[c * kParts + part[i]]++] = static_cast<std::uint32_t>(i);
+      }
+    }
+  });
+  // Each partition: its distinct rows (local indices into lookup), then a prefix sum places them.
+  std::array<std::vector<std::uint32_t>, kParts> firsts;
+  pool.ParallelFor(kParts, [&](std::size_t q) {
+    const std::size_t m = part_begin[q + 1] - part_begin[q];
+    std::size_t cap = 16;
+    while (cap < 2 * m) cap <<= 1;
+    std::vector<std::uint64_t> keys(cap, 0);
+    std::vector<std::uint32_t> vals(cap);
+    const std::size_t mask = cap - 1;
+    for (std::size_t k = part_begin[q]; k < part_begin[q + 1]; ++k) {
+      const std::uint32_t i = pos[k];
+      const std::uint64_t key = static_cast<std::uint64_t>(rows[i]) + 1;
+      std::size_t h = detail::Mix64(key) & mask;
+      while (keys[h] != 0 && keys[h] != key) h = (h + 1) & mask;
+      if (keys[h] == 0) {
+        keys[h] = key;
+        vals[h] = static_cast<std::uint32_t>(firsts[q].size());
+        firsts[q].push_back(i);
+      }
+      d.lookup[i] = static_cast<std::int32_t>(vals[h]);
+    }
+  });
+  std::array<std::size_t, kParts + 1> base{};
+  for (std::size_t q = 0; q < kParts; ++q) base[q + 1] = base[q] + firsts[q].size();
+  d.rows.resize(base[kParts]);
+  d.first.resize(base[kParts]);
+  pool.ParallelFor(kParts, [&](std::size_t q) {
+    for (std::size_t j = 0; j < firsts[q].size(); ++j) {
+      d.first[base[q] + j] = firsts[q][j];
+      d.rows[base[q] + j] = rows[firsts[q][j]];
+    }
+    for (std::size_t k = part_begin[q]; k < part_begin[q + 1]; ++k) {
+      d.lookup[pos[k]] += static_cast<std::int32_t>(base[q]);
+    }
+  });
+}
+
+template <typename DstFn>
+Status Prefetcher::Impl::FetchRows(const Step& step, int l, const Distinct& d, std::span<const std::size_t> which,
+                                   DstFn dst_of, LayerStats& st) {
+  // Chunks of 256 to 4096 rows: enough of them to keep every gather thread busy on a decode step.
+  const std::size_t kChunk = std::clamp<std::size_t>(which.size() / (4 * (pool.size() + 1)) + 1, 256, 4096);
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const std::size_t row_bytes = layout.row_bytes();
   // Host tier, in parallel chunks; misses are collected per chunk.
-  const std::size_t chunks = (distinct + kChunk - 1) / kChunk;
+  auto t0 = Clock::now();
+  const std::size_t chunks = (which.size() + kChunk - 1) / kChunk;
   std::vector<std::vector<std::size_t>> chunk_misses(chunks);
   std::atomic<std::uint64_t> resident{0}, cached{0};
   pool.ParallelFor(chunks, [&](std::size_t c) {
-    for (std::size_t g = c * kChunk; g < std::min(distinct, (c + 1) * kChunk); ++g) {
-      const std::uint32_t pos = order[group[g]];
-      const auto column = static_cast<int>(pos % cols);
-      std::byte* dst = out + static_cast<std::size_t>(pos) * row_bytes;
-      if (host != nullptr && host->Get(l, column, rows[pos], dst)) {
-        (host->IsResident(l, column) ? resident : cached).fetch_add(1, std::memory_order_relaxed);
-        copy_group(g, dst);
+    std::uint64_t res = 0, hit = 0;  // counted per chunk: one shared add each, not one per row
+    for (std::size_t k = c * kChunk; k < std::min(which.size(), (c + 1) * kChunk); ++k) {
+      const std::size_t g = which[k];
+      const auto column = static_cast<int>(d.first[g] % cols);
+      if (host != nullptr && host->Get(l, column, d.rows[g], dst_of(g))) {
+        ++(host->IsResident(l, column) ? res : hit);
       } else {
         chunk_misses[c].push_back(g);
       }
     }
+    resident.fetch_add(res, std::memory_order_relaxed);
+    cached.fetch_add(hit, std::memory_order_relaxed);
   });
   st.resident_hits = resident.load();
   st.cache_hits = cached.load();
+  st.lookup_seconds += Seconds(Clock::now() - t0);
   std::vector<std::size_t> misses;
   for (auto& m : chunk_misses) misses.insert(misses.end(), m.begin(), m.end());
   st.disk_rows = misses.size();
-  if (!misses.empty()) {
-    std::vector<std::int64_t> miss_rows(misses.size());
-    for (std::size_t i = 0; i < misses.size(); ++i) miss_rows[i] = rows[order[group[misses[i]]]];
-    std::vector<std::byte> buf(misses.size() * row_bytes);
-    const auto t0 = Clock::now();
-    const store::StoreIoStats io0 = store.io_stats();
-    status = store.ReadRows(version, l, miss_rows, buf);
-    const store::StoreIoStats io1 = store.io_stats();
-    st.disk_seconds = Seconds(Clock::now() - t0);
-    st.disk_reads = (io1.reads + io1.direct_reads) - (io0.reads + io0.direct_reads);
-    st.disk_bytes = (io1.bytes + io1.direct_bytes) - (io0.bytes + io0.direct_bytes);
-    if (status.ok()) {
-      pool.ParallelFor((misses.size() + kChunk - 1) / kChunk, [&](std::size_t c) {
-        for (std::size_t i = c * kChunk; i < std::min(misses.size(), (c + 1) * kChunk); ++i) {
-          const std::byte* src = buf.data() + i * row_bytes;
-          copy_group(misses[i], src);
-          if (host != nullptr) {
-            const std::uint32_t pos = order[group[misses[i]]];
-            host->Admit(l, static_cast<int>(pos % cols), miss_rows[i], src);
-          }
-        }
-      });
-    } else {
-      status = std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layout.layer(l).layer_id));
+  if (misses.empty()) return Status::Ok();
+  std::vector<std::int64_t> miss_rows(misses.size());
+  for (std::size_t i = 0; i < misses.size(); ++i) miss_rows[i] = d.rows[misses[i]];
+  std::vector<std::byte> buf(misses.size() * row_bytes);
+  t0 = Clock::now();
+  const store::StoreIoStats io0 = store.io_stats();
+  Status status = store.ReadRows(version, l, miss_rows, buf);
+  const store::StoreIoStats io1 = store.io_stats();
+  st.disk_seconds = Seconds(Clock::now() - t0);
+  st.disk_reads = (io1.reads + io1.direct_reads) - (io0.reads + io0.direct_reads);
+  st.disk_bytes = (io1.bytes + io1.direct_bytes) - (io0.bytes + io0.direct_bytes);
+  if (!status.ok())
+    return std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layout.layer(l).layer_id));
+  t0 = Clock::now();
+  pool.ParallelFor((misses.size() + kChunk - 1) / kChunk, [&](std::size_t c) {
+    for (std::size_t i = c * kChunk; i < std::min(misses.size(), (c + 1) * kChunk); ++i) {
+      const std::byte* src = buf.data() + i * row_bytes;
+      std::memcpy(dst_of(misses[i]), src, row_bytes);
+      if (host != nullptr) host->Admit(l, static_cast<int>(d.first[misses[i]] % cols), miss_rows[i], src);
+    }
+  });
+  st.gather_seconds += Seconds(Clock::now() - t0);
+  return Status::Ok();
+}
+
+void Prefetcher::Impl::ServeDeviceLayer(Step& step, int l, LayerStats& st) {
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  const std::size_t row_bytes = layout.row_bytes();
+  const auto n = static_cast<std::size_t>(step.tokens) * cols;
+  const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
+  auto t0 = Clock::now();
+  Distinct& d = distinct;
+  Dedupe(step, rows, n, d);
+  st.lookups = d.lookups;
+  st.distinct = d.size();
+  std::vector<int> dcols(d.size());
+  for (std::size_t g = 0; g < d.size(); ++g) dcols[g] = static_cast<int>(d.first[g] % cols);
+  std::vector<std::uint8_t> stage(d.size(), 0);
+  Status status = options.device->Plan(step.id, l, step.tokens, d.rows, dcols, stage);
+  st.lookup_seconds = Seconds(Clock::now() - t0);
+  std::vector<std::size_t> staged;
+  std::vector<std::size_t> slot_of(d.size(), 0);  // compact position of a staged distinct row
+  for (std::size_t g = 0; g < d.size(); ++g) {
+    if (stage[g] != 0) {
+      slot_of[g] = staged.size();
+      staged.push_back(g);
     }
   }
-  FinishLayer(step, l, n, rows, st, std::move(status));
+  std::byte* out = step.RowsOut(l);
+  if (status.ok()) {
+    status = FetchRows(
+        step, l, d, staged, [&](std::size_t g) { return out + slot_of[g] * row_bytes; }, st);
+  }
+  if (status.ok()) {
+    DeviceLayerInput in;
+    in.tokens = step.tokens;
+    in.columns = layout.columns();
+    in.rows = d.rows;
+    in.lookup = d.lookup;
+    in.staged = std::span<const std::byte>(out, staged.size() * row_bytes);
+    status = options.device->Ready(step.id, l, in);
+  } else {
+    options.device->Failed(step.id, l, status);
+  }
+  Complete(step, l, st, std::move(status));
 }
 
 void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::int64_t* rows, const LayerStats& st,
@@ -272,6 +473,7 @@ void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::
       }
     }
   }
+  const auto t0 = Clock::now();
   if (std::uint16_t* bf = step.Bf16Out(l, layout.num_layers()); status.ok() && bf != nullptr) {
     const std::uint32_t dim = static_cast<std::uint32_t>(layout.spec().row_dim);
     std::mutex bad_mu;
@@ -295,8 +497,17 @@ void Prefetcher::Impl::FinishLayer(Step& step, int l, std::size_t n, const std::
       }
     });
   }
+  LayerStats all = st;
+  all.gather_seconds += Seconds(Clock::now() - t0);
+  Complete(step, l, all, std::move(status));
+}
+
+void Prefetcher::Impl::Complete(Step& step, int l, const LayerStats& st, Status status) {
   std::lock_guard<std::mutex> lock(mu);
   LayerStats& total = layer_stats[static_cast<std::size_t>(l)];
+  total.hash_seconds += st.hash_seconds;
+  total.lookup_seconds += st.lookup_seconds;
+  total.gather_seconds += st.gather_seconds;
   total.lookups += st.lookups;
   total.distinct += st.distinct;
   total.resident_hits += st.resident_hits;
@@ -430,7 +641,8 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
   auto step = std::make_shared<Step>();
   step->tokens = static_cast<std::int64_t>(tokens);
   step->rows_bytes_per_layer = tokens * cols * im.layout.row_bytes();
-  if (im.options.dequantize == Dequantize::kBf16 && im.layout.row_format() == RowFormat::kFp8E4M3E8M0) {
+  if (im.options.dequantize == Dequantize::kBf16 && im.layout.row_format() == RowFormat::kFp8E4M3E8M0 &&
+      im.options.device == nullptr) {
     step->bf16_values_per_layer = tokens * cols * static_cast<std::size_t>(im.layout.spec().row_dim);
   }
   const std::size_t bytes = layers * (step->rows_bytes_per_layer + step->bf16_values_per_layer * 2);
@@ -463,14 +675,17 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
       ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
       step->windows.push_back(std::move(w));
       step->first_token.push_back(t0);
-      for (std::size_t t = 0; t < in.dead.size(); ++t) step->dead[t0 + t] = in.dead[t];
+      if (any_dead) {
+        for (std::size_t t = 0; t < in.dead.size(); ++t) step->dead[t0 + t] = in.dead[t];
+      }
       t0 += in.tokens.size();
     }
   }
   step->status.resize(layers);
   step->ready.assign(layers, 0);
   step->submitted = Clock::now();
-  const bool inline_step = im.all_resident && tokens * cols * layers <= im.options.inline_rows;
+  const bool inline_step =
+      im.all_resident && im.options.device == nullptr && tokens * cols * layers <= im.options.inline_rows;
   {
     std::lock_guard<std::mutex> lock(im.mu);
     step->id = im.next_step++;
@@ -607,6 +822,9 @@ std::string Prefetcher::StatsJson() const {
                            {"disk_reads", l.disk_reads},
                            {"disk_bytes", l.disk_bytes},
                            {"failed_steps", l.failed_steps},
+                           {"hash_seconds", l.hash_seconds},
+                           {"lookup_seconds", l.lookup_seconds},
+                           {"gather_seconds", l.gather_seconds},
                            {"disk_seconds", l.disk_seconds},
                            {"ready_seconds", l.ready_seconds},
                            {"waited_seconds", l.waited_seconds}});

@@ -20,27 +20,9 @@ using store::Store;
 
 constexpr double kScale = 0.0001;
 
-struct Fixture {
-  test::TempDir dir;
-  std::unique_ptr<Store> store;
-  store::VersionHandle version;
-};
+using Fixture = test::IngestedStore;
 
-std::unique_ptr<Fixture> MakeStore() {
-  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kScale);
-  auto f = std::make_unique<Fixture>();
-  store::StoreOptions so;
-  so.read_threads = 2;
-  auto st = Store::Create(f->dir.File("store"), ck.layout, nullptr, so);
-  EXPECT_TRUE(st.ok()) << st.status().ToString();
-  auto c = store::Checkpoint::Open(ck.dir);
-  EXPECT_TRUE(c.ok());
-  auto v = (*st)->Ingest(*c);
-  EXPECT_TRUE(v.ok()) << v.status().ToString();
-  f->store = std::move(*st);
-  f->version = *f->store->Pin(*v);
-  return f;
-}
+std::unique_ptr<Fixture> MakeStore() { return test::MakeIngestedStore("deepseek-v4.1-flash", kScale); }
 
 // A host tier on the fixture's store on 4 KiB pages: an 8 MiB row cache, or every region resident and
 // loaded.
@@ -144,6 +126,23 @@ TEST(Prefetcher, PrefillAndDecodeFromDiskMatchTheReference) {
   EXPECT_GT(st.layers[0].disk_reads, 0U);
   EXPECT_GE(st.layers[0].disk_bytes, st.layers[0].disk_reads * 4096);
   EXPECT_LT(st.layers[0].distinct, st.layers[0].lookups);  // the batch repeats rows (pad n-grams at least)
+}
+
+TEST(Prefetcher, DeadFlagsThatAreAllZeroServeTheRowsUnchanged) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const auto seq = TraceSequences(1, 300, 9000)[0];
+  const std::vector<std::uint8_t> none(seq.size(), 0);  // flags given, none set
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*(*p)->CreateSequence(), seq, none}});
+  ASSERT_TRUE(sid.ok()) << sid.status().ToString();
+  for (int li = 0; li < 2; ++li) {
+    ASSERT_TRUE((*p)->Wait(*sid, li).ok());
+    auto out = (*p)->Output(*sid, li);
+    const auto expect = ExpectedLayer(f->store->layout(), li, {seq});
+    EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0) << "layer " << li;
+  }
 }
 
 TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {

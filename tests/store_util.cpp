@@ -56,4 +56,22 @@ std::string FlipOneByte(const std::string& store_dir) {
   return biggest;
 }
 
+std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale, std::uint32_t read_threads) {
+  const auto& ck = SmallCheckpoint(preset, scale);
+  auto f = std::make_unique<IngestedStore>();
+  store::StoreOptions so;
+  so.read_threads = read_threads;
+  auto st = store::Store::Create(f->dir.File("store"), ck.layout, nullptr, so);
+  EXPECT_TRUE(st.ok()) << st.status().ToString();
+  if (!st.ok()) return f;
+  auto c = store::Checkpoint::Open(ck.dir);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  if (!c.ok()) return f;
+  auto v = (*st)->Ingest(*c);
+  EXPECT_TRUE(v.ok()) << v.status().ToString();
+  f->store = std::move(*st);
+  if (v.ok()) f->version = *f->store->Pin(*v);
+  return f;
+}
+
 }  // namespace engram::test

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "engram/detail/striped_counter.hpp"
 #include "engram/layout.hpp"
 #include "engram/memory/pinned_arena.hpp"
 #include "engram/memory/row_cache_policy.hpp"
@@ -127,7 +128,8 @@ class HostTier {
   std::vector<std::byte*> region_base_;  // [layer * columns + column], nullptr if not resident
   std::vector<std::unique_ptr<Shard>> shards_;
   std::uint32_t shard_slots_ = 0;
-  std::atomic<std::uint64_t> resident_hits_{0}, cache_hits_{0}, misses_{0}, admissions_{0}, evictions_{0};
+  // Striped: every gather thread counts each row it serves.
+  detail::StripedCounter resident_hits_, cache_hits_, misses_, admissions_, evictions_;
   std::uint64_t loaded_bytes_ = 0;
   double load_seconds_ = 0;
 };

@@ -15,7 +15,8 @@
 // Output of a layer: rows [T, H, row_bytes] in token order (T: the step's tokens, sequences in batch
 // order; H: columns, (max_ngram - 1) x heads), and for FP8 rows, if asked, BF16 [T, H x dim].
 //
-// Thread safety: all methods may be called from any thread.
+// Thread safety: all methods may be called from any thread. Steps are numbered 1, 2, 3, ... in the order
+// Submit queued them.
 #pragma once
 
 #include <chrono>
@@ -36,6 +37,38 @@ namespace engram::prefetch {
 enum class Dequantize : std::uint8_t {
   kNone,  // rows only
   kBf16,  // also BF16 values for FP8 rows (ignored for other row formats)
+};
+
+using StepId = std::uint64_t;
+
+// What the prefetcher hands a device sink for one layer of one step (valid during the call only).
+struct DeviceLayerInput {
+  std::int64_t tokens = 0;
+  int columns = 0;
+  // Distinct rows of the layer (DEAD positions excluded), in the order given to Plan.
+  std::span<const std::int64_t> rows;
+  // Per lookup (token-major, tokens x columns): index into `rows`, or -1 for a DEAD position.
+  std::span<const std::int32_t> lookup;
+  // The rows Plan asked to be staged, in the order of `rows`, back to back: [staged, row_bytes].
+  std::span<const std::byte> staged;
+};
+
+// The device side of the prefetcher (engram::gpu::WorkingSet implements it). Both calls come from the
+// prefetcher's worker thread, layer by layer and step by step, in the order the layers are served, so a
+// sink can keep a directory of what the device holds in step with what it enqueues.
+class DeviceSink {
+ public:
+  virtual ~DeviceSink() = default;
+  // After de-duplication: sets stage[i] = 1 for each distinct row (global row id, and its column) the
+  // host must stage, 0 for rows the device holds or reads itself. An error fails the layer.
+  // `tokens`: the step's token count.
+  [[nodiscard]] virtual Status Plan(StepId step, int layer_index, std::int64_t tokens,
+                                    std::span<const std::int64_t> rows, std::span<const int> columns,
+                                    std::span<std::uint8_t> stage) = 0;
+  // The staged rows are ready: enqueue the device work. An error fails the layer.
+  [[nodiscard]] virtual Status Ready(StepId step, int layer_index, const DeviceLayerInput& input) = 0;
+  // The layer failed on the host (after a Plan): undo nothing, but never expect Ready for it.
+  virtual void Failed(StepId step, int layer_index, const Status& status) = 0;
 };
 
 struct PrefetcherOptions {
@@ -59,6 +92,10 @@ struct PrefetcherOptions {
   // microseconds of copying instead of a hand-off to the worker and back (~20-60 us). 0: never.
   // Default: 8192 (a decode step of 170 sequences with V4.1).
   std::uint64_t inline_rows = 8192;
+  // A device side (the GPU working set). With one, a layer's output on the host is its distinct rows,
+  // compact (only those the sink asked for), handed to the sink; no BF16 is made on the host, and no step
+  // is served inline. Not owned; must outlive the prefetcher. Default: none.
+  DeviceSink* device = nullptr;
 };
 
 struct SequenceInput {
@@ -66,8 +103,6 @@ struct SequenceInput {
   std::span<const std::int32_t> tokens;  // compressed ids
   std::span<const std::uint8_t> dead;    // empty, or one flag per token (non-zero: DEAD)
 };
-
-using StepId = std::uint64_t;
 
 struct LayerOutput {
   std::int64_t tokens = 0;
@@ -89,6 +124,9 @@ struct LayerStats {
                                     // call; includes any other reader of the same store at that moment)
   std::uint64_t disk_bytes = 0;     // bytes they read
   std::uint64_t failed_steps = 0;
+  double hash_seconds = 0;    // hashing the layer's row ids (on gather_threads threads)
+  double lookup_seconds = 0;  // de-duplication, host tier lookups and the device sink's plan
+  double gather_seconds = 0;  // copying rows into staging (and DEAD zeroing, BF16 on the host)
   double disk_seconds = 0;    // time in store reads
   double ready_seconds = 0;   // from Submit to ready, summed over steps
   double waited_seconds = 0;  // time callers spent blocked in Wait
