@@ -1,0 +1,1203 @@
+#include "engram/gpu/working_set.hpp"
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "../core/hash_mix.hpp"
+#include "../core/thread_pool.hpp"
+#include "cuda_check.hpp"
+#include "engram/gpu/host_memory.hpp"
+#include "engram/log.hpp"
+#include "working_set_kernels.hpp"
+
+namespace engram::gpu {
+
+const char* MissPathName(MissPath p) noexcept {
+  switch (p) {
+    case MissPath::kAuto: return "auto";
+    case MissPath::kStaged: return "staged";
+    case MissPath::kZeroCopy: return "zero-copy";
+  }
+  return "?";
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using prefetch::StepId;
+constexpr std::uint64_t kEmptyKey = ~0ULL;
+
+std::uint64_t Key(int layer, std::int64_t row) {
+  return (static_cast<std::uint64_t>(layer) << 40) | static_cast<std::uint64_t>(row);
+}
+
+// Stream memory operations, from the driver through the runtime (no link against libcuda).
+struct MemOps {
+  using WaitFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+  using WriteFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+  WaitFn wait = nullptr;
+  WriteFn write = nullptr;
+};
+
+Result<MemOps> LoadMemOps() {
+  MemOps m;
+  cudaDriverEntryPointQueryResult q{};
+  void* p = nullptr;
+  ENGRAM_CUDA_RETURN(cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &p, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || p == nullptr) {
+    return Status::Unavailable("working set: the driver has no cuStreamWaitValue32 (stream memory operations)");
+  }
+  m.wait = reinterpret_cast<MemOps::WaitFn>(p);
+  ENGRAM_CUDA_RETURN(cudaGetDriverEntryPointByVersion("cuStreamWriteValue32", &p, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || p == nullptr) {
+    return Status::Unavailable("working set: the driver has no cuStreamWriteValue32 (stream memory operations)");
+  }
+  m.write = reinterpret_cast<MemOps::WriteFn>(p);
+  return m;
+}
+
+Status DriverStatus(CUresult r, const char* what) {
+  if (r == CUDA_SUCCESS) return Status::Ok();
+  return Status::Internal(std::string(what) + " failed: CUresult " + std::to_string(static_cast<int>(r)));
+}
+
+std::uint64_t Align(std::uint64_t v, std::uint64_t a) {
+  return (v + a - 1) / a * a;
+}
+
+// The HBM cache's host directory: key -> slot, open addressing with linear probing (~0 empty, ~0 - 1
+// deleted), rehashed when live + deleted entries pass 3/4 of the table.
+class SlotMap {
+ public:
+  static constexpr std::uint64_t kTomb = ~0ULL - 1;
+  void Init(std::size_t slots) {
+    std::size_t cap = 16;
+    while (cap < 2 * slots) cap <<= 1;
+    keys_.assign(cap, kEmptyKey);
+    vals_.assign(cap, 0);
+    live_ = tombs_ = 0;
+  }
+  // The slot holding `key`, or -1.
+  [[nodiscard]] std::int64_t Find(std::uint64_t key) const noexcept {
+    const std::size_t mask = keys_.size() - 1;
+    for (std::size_t h = detail_hash(key) & mask;; h = (h + 1) & mask) {
+      if (keys_[h] == key) return vals_[h];
+      if (keys_[h] == kEmptyKey) return -1;
+    }
+  }
+  void Erase(std::uint64_t key) noexcept {
+    const std::size_t mask = keys_.size() - 1;
+    for (std::size_t h = detail_hash(key) & mask;; h = (h + 1) & mask) {
+      if (keys_[h] == key) {
+        keys_[h] = kTomb;
+        --live_;
+        ++tombs_;
+        return;
+      }
+      if (keys_[h] == kEmptyKey) return;
+    }
+  }
+  // `key` must not be present.
+  void Insert(std::uint64_t key, std::uint32_t slot) {
+    if ((live_ + tombs_ + 1) * 4 > keys_.size() * 3) Rehash();
+    const std::size_t mask = keys_.size() - 1;
+    std::size_t h = detail_hash(key) & mask;
+    while (keys_[h] != kEmptyKey && keys_[h] != kTomb) h = (h + 1) & mask;
+    if (keys_[h] == kTomb) --tombs_;
+    keys_[h] = key;
+    vals_[h] = slot;
+    ++live_;
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return live_; }
+
+ private:
+  static std::uint64_t detail_hash(std::uint64_t k) noexcept { return engram::detail::Mix64(k); }
+  void Rehash() {
+    std::vector<std::uint64_t> keys(keys_.size(), kEmptyKey);
+    std::vector<std::uint32_t> vals(keys_.size(), 0);
+    keys.swap(keys_);
+    vals.swap(vals_);
+    live_ = tombs_ = 0;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] != kEmptyKey && keys[i] != kTomb) Insert(keys[i], vals[i]);
+    }
+  }
+  std::vector<std::uint64_t> keys_;
+  std::vector<std::uint32_t> vals_;
+  std::size_t live_ = 0, tombs_ = 0;
+};
+
+// Per step: events for the copy-done point and per-layer timing.
+struct StepEvents {
+  std::vector<cudaEvent_t> start, copied, flagged, done;  // per layer
+};
+
+}  // namespace
+
+struct WorkingSet::Impl final : prefetch::DeviceSink {
+  Impl(const store::Store& s, store::VersionHandle v, memory::HostTier* h, WorkingSetOptions o)
+      : store(s), version(std::move(v)), host(h), opt(std::move(o)), layout(s.layout()) {}
+  ~Impl() override;
+
+  const store::Store& store;
+  store::VersionHandle version;
+  memory::HostTier* host;
+  WorkingSetOptions opt;
+  Layout layout;
+  std::uint32_t row_bytes = 0;
+  std::uint32_t dim = 0;
+  bool fp8 = false;
+  int cols = 0;
+  int layers = 0;
+  std::uint32_t slots = 0;
+  std::uint64_t max_lookups = 0;
+  MissPath path = MissPath::kStaged;
+  std::string path_reason;
+  double staged_rate = 0, zero_copy_rate = 0;
+  MemOps memops;
+
+  // Device memory.
+  std::vector<void*> allocations;
+  std::uint64_t device_bytes = 0;
+  std::byte* cache_rows = nullptr;
+  std::uint64_t* slot_key = nullptr;
+  std::uint64_t* table_keys = nullptr;
+  std::int32_t* table_slots = nullptr;
+  std::uint64_t table_cap = 0;  // power of two
+  std::uint32_t cache_slots = 0;
+  std::byte* staging_dev = nullptr;
+  std::byte* desc_dev = nullptr;
+  std::uint64_t desc_bytes = 0;
+  std::uint32_t* flags = nullptr;              // [slot][layer]
+  std::vector<std::byte*> out_rows, out_bf16;  // [slot][layer]
+  std::vector<std::byte*> region_base;         // [layer][column] HBM region base, or nullptr
+  std::vector<std::int64_t> region_first;      // [layer][column] first row
+  std::vector<std::ptrdiff_t> zc_delta;        // [layer][column] mapped address - host address
+  std::vector<std::uint8_t> zc_ok;             // [layer][column]
+  // Mapped: [step % kErrorRing][layer] first bad lookup + 1. The host clears a step's words before its
+  // kernels are enqueued; the step kErrorRing earlier finished long before (the worker cannot run more
+  // than steps_in_flight steps ahead of the copy stream).
+  static constexpr std::uint64_t kErrorRing = 64;
+  std::uint32_t* errors_host = nullptr;
+  std::uint32_t* errors_dev = nullptr;
+
+  // Host memory: pinned staging for the prefetcher and descriptors per (slot, layer).
+  std::unique_ptr<memory::HostRegistrar> registrar;
+  std::unique_ptr<memory::PinnedArena> staging_arena;
+  std::unique_ptr<memory::PinnedArena> desc_arena;
+  std::vector<std::byte*> desc_host;    // [slot][layer]
+  std::vector<cudaEvent_t> desc_free;   // [slot][layer]: the descriptors' copy is done
+  std::vector<std::uint8_t> desc_used;  // [slot][layer]
+
+  cudaStream_t copy = nullptr;
+
+  struct Fill {
+    std::uint64_t src, dst;
+  };
+  struct KeySlot {
+    std::uint64_t key, slot;
+  };
+  // The HBM cache's host directory (the worker thread only): shards by key hash, each with its own map,
+  // policy and range of slots, planned in parallel for large steps.
+  static constexpr std::uint8_t kRegion = 0, kHit = 1, kStaged = 2;
+  struct Shard {
+    std::unique_ptr<memory::RowCachePolicy> policy;
+    SlotMap map;
+    std::uint32_t base = 0;
+    std::vector<std::uint32_t> rows;  // this plan's distinct rows in the shard
+    std::vector<Fill> fills;          // src: the distinct row's index until patched
+    std::vector<std::uint64_t> erase;
+    std::vector<KeySlot> inserts;
+    std::uint64_t hits = 0, admitted = 0, evicted = 0;
+  };
+  std::vector<Shard> shards;
+  std::unique_ptr<engram::detail::ThreadPool> plan_pool;
+  std::size_t ShardOf(std::uint64_t key) const noexcept {
+    return static_cast<std::size_t>((engram::detail::Mix64(key) >> 32) % shards.size());
+  }
+  std::vector<std::uint64_t> key_in;  // per slot
+  std::vector<std::uint64_t> fill_stamp;
+  std::vector<std::uint32_t> fill_pos;
+  std::uint64_t plan_stamp = 0;
+  std::uint64_t tombs = 0;
+
+  // The layer being planned (Plan then Ready/Failed come for the same layer, on the worker thread).
+  struct PlanState {
+    StepId step = 0;
+    int layer = -1;
+    std::int64_t tokens = 0;
+    std::vector<std::uint64_t> src;  // per distinct row: device-readable address
+    std::vector<std::uint8_t> kind;  // per distinct row: kRegion, kHit or kStaged (staged or zero-copy)
+    std::vector<Fill> fills;
+    std::vector<std::uint64_t> erase;
+    std::vector<KeySlot> inserts;
+    std::vector<Fill> zero_copy;  // mapped host row -> device staging, before the assembly
+    std::uint64_t staged_count = 0;
+  } plan;
+
+  std::unique_ptr<prefetch::Prefetcher> prefetcher;
+
+  // Steps, statistics, the releasing thread (under mu).
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::map<StepId, std::unique_ptr<StepEvents>> events;
+  std::vector<std::unique_ptr<StepEvents>> free_events;
+  std::map<StepId, std::int64_t> step_tokens;
+  std::deque<StepId> to_finish;
+  std::vector<StepId> done_step;  // [slot][layer]: the last step Done there
+  bool stop = false;
+  std::thread finisher;
+  WorkingSetStats st;
+
+  std::size_t SL(std::uint32_t slot, int l) const {
+    return static_cast<std::size_t>(slot) * static_cast<std::size_t>(layers) + static_cast<std::size_t>(l);
+  }
+  std::size_t LC(int l, int c) const {
+    return static_cast<std::size_t>(l) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c);
+  }
+  std::uint32_t SlotOf(StepId s) const { return static_cast<std::uint32_t>((s - 1) % slots); }
+
+  Result<void*> DeviceAlloc(std::uint64_t bytes, const char* what);
+  Status Init();
+  Status LoadRegions();
+  Status ChoosePath();
+  Result<StepEvents*> EventsFor(StepId step);
+
+  Status Plan(StepId step, int l, std::int64_t tokens, std::span<const std::int64_t> rows, std::span<const int> columns,
+              std::span<std::uint8_t> stage) override;
+  Status Ready(StepId step, int l, const prefetch::DeviceLayerInput& in) override;
+  void Failed(StepId step, int l, const Status& status) override;
+  // Copies the plan's descriptors (and `staged` rows) to the device and enqueues the layer's kernels.
+  Status Enqueue(std::span<const std::int32_t> lookup, std::span<const std::byte> staged);
+  void RunFinisher();
+  void DrainCopyStream();
+};
+
+Result<void*> WorkingSet::Impl::DeviceAlloc(std::uint64_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, std::max<std::uint64_t>(bytes, 256));
+  if (e != cudaSuccess) {
+    return Status::ResourceExhausted(std::string("working set: cudaMalloc of ") + std::to_string(bytes) +
+                                     " bytes for " + what + ": " + cudaGetErrorString(e));
+  }
+  allocations.push_back(p);
+  device_bytes += std::max<std::uint64_t>(bytes, 256);
+  return p;
+}
+
+Status WorkingSet::Impl::Init() {
+  row_bytes = layout.row_bytes();
+  dim = static_cast<std::uint32_t>(layout.spec().row_dim);
+  fp8 = layout.row_format() == RowFormat::kFp8E4M3E8M0;
+  cols = layout.columns();
+  layers = layout.num_layers();
+  slots = opt.steps_in_flight;
+  if (slots == 0) return Status::InvalidArgument("working set: steps_in_flight must be at least 1");
+  if (opt.max_tokens <= 0) return Status::InvalidArgument("working set: max_tokens must be positive");
+  if (row_bytes % 4 != 0) {
+    return Status::InvalidArgument("working set: row_bytes " + std::to_string(row_bytes) +
+                                   " is not a multiple of 4 (the assembly kernel copies 4-byte words)");
+  }
+  if (fp8 && dim % 32 != 0) return Status::InvalidArgument("working set: FP8 rows need dim % 32 == 0");
+  const bool bf16 = opt.bf16_output && fp8;
+  if (!opt.rows_output && !bf16) return Status::InvalidArgument("working set: no output asked for");
+  max_lookups = static_cast<std::uint64_t>(opt.max_tokens) * static_cast<std::uint64_t>(cols);
+  desc_bytes = max_lookups * (8 + 16 + 8 + 16 + 16) + 256;
+
+  // Sizes first: refuse before allocating.
+  std::uint64_t cache_slot_bytes = row_bytes + 8;
+  if (opt.cache_bytes > 0) {
+    // slots x (row + slot key) + table (a power of two >= 2 x slots) x 12 <= cache_bytes.
+    std::uint64_t n = opt.cache_bytes / (cache_slot_bytes + 24);
+    while (n > 0) {
+      std::uint64_t cap = 1;
+      while (cap < 2 * n) cap <<= 1;
+      if (n * cache_slot_bytes + cap * 12 <= opt.cache_bytes) {
+        table_cap = cap;
+        break;
+      }
+      n = n * 15 / 16;
+    }
+    if (n > 0xFFFFFFF0ULL) n = 0xFFFFFFF0ULL;
+    cache_slots = static_cast<std::uint32_t>(n);
+  }
+  std::uint64_t region_rows = 0;
+  for (const auto& r : opt.hbm_regions) {
+    if (r.layer_index < 0 || r.layer_index >= layers || r.column < 0 || r.column >= cols) {
+      return Status::InvalidArgument("working set: HBM region (layer index " + std::to_string(r.layer_index) +
+                                     ", column " + std::to_string(r.column) + ") is not in the layout");
+    }
+    region_rows +=
+        static_cast<std::uint64_t>(layout.layer(r.layer_index).primes.at(static_cast<std::size_t>(r.column)));
+  }
+  const std::uint64_t out_bytes =
+      static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) *
+      ((opt.rows_output ? max_lookups * row_bytes : 0) + (bf16 ? max_lookups * dim * 2 : 0));
+  const std::uint64_t need = (cache_slots > 0 ? cache_slots * cache_slot_bytes + table_cap * 12 : 0) +
+                             region_rows * row_bytes + out_bytes + max_lookups * row_bytes + desc_bytes +
+                             static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) * 4;
+  size_t free_b = 0, total_b = 0;
+  ENGRAM_CUDA_RETURN(cudaMemGetInfo(&free_b, &total_b));
+  const std::string sizes = "cache " + std::to_string(cache_slots) + " slots, HBM regions " +
+                            std::to_string(region_rows) + " rows, outputs " + std::to_string(out_bytes) +
+                            " bytes for " + std::to_string(slots) + " slots x " + std::to_string(layers) +
+                            " layers x " + std::to_string(opt.max_tokens) + " tokens";
+  if (opt.device_budget_bytes > 0 && need > opt.device_budget_bytes) {
+    return Status::ResourceExhausted("working set: needs " + std::to_string(need) + " bytes of GPU memory (" + sizes +
+                                     "), over device_budget_bytes " + std::to_string(opt.device_budget_bytes));
+  }
+  if (need > free_b) {
+    return Status::ResourceExhausted("working set: needs " + std::to_string(need) + " bytes of GPU memory (" + sizes +
+                                     "), the device has " + std::to_string(free_b) + " free");
+  }
+  st.device_budget_bytes = opt.device_budget_bytes;
+
+  ENGRAM_ASSIGN_OR_RETURN(memops, LoadMemOps());
+  ENGRAM_RETURN_IF_ERROR(kernels::Preload());
+  ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
+
+  if (cache_slots > 0) {
+    ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * row_bytes, "cache rows"));
+    cache_rows = static_cast<std::byte*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * 8, "cache slot keys"));
+    slot_key = static_cast<std::uint64_t*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 8, "cache table keys"));
+    table_keys = static_cast<std::uint64_t*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 4, "cache table slots"));
+    table_slots = static_cast<std::int32_t*>(p);
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(slot_key, 0xFF, static_cast<std::uint64_t>(cache_slots) * 8, copy));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(table_keys, 0xFF, table_cap * 8, copy));
+    // Directory shards: one per 1,024 slots, at most 16 (small caches keep one policy over all slots).
+    const std::uint32_t nshards = std::clamp<std::uint32_t>(cache_slots / 1024, 1, 16);
+    shards.resize(nshards);
+    for (std::uint32_t k = 0; k < nshards; ++k) {
+      Shard& sh = shards[k];
+      sh.base = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * k / nshards);
+      const auto end = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * (k + 1) / nshards);
+      sh.policy = std::make_unique<memory::RowCachePolicy>(end - sh.base, opt.policy);
+      sh.map.Init(end - sh.base);
+    }
+    if (nshards > 1) plan_pool = std::make_unique<engram::detail::ThreadPool>(std::min<std::uint32_t>(nshards, 16) - 1);
+    key_in.assign(cache_slots, kEmptyKey);
+    fill_stamp.assign(cache_slots, 0);
+    fill_pos.assign(cache_slots, 0);
+  }
+  ENGRAM_ASSIGN_OR_RETURN(void* sp, DeviceAlloc(max_lookups * row_bytes, "device staging"));
+  staging_dev = static_cast<std::byte*>(sp);
+  ENGRAM_ASSIGN_OR_RETURN(void* dp, DeviceAlloc(desc_bytes, "descriptors"));
+  desc_dev = static_cast<std::byte*>(dp);
+  ENGRAM_ASSIGN_OR_RETURN(void* fp, DeviceAlloc(static_cast<std::uint64_t>(slots) * layers * 4, "ready flags"));
+  flags = static_cast<std::uint32_t*>(fp);
+  ENGRAM_CUDA_RETURN(cudaMemsetAsync(flags, 0, static_cast<std::uint64_t>(slots) * layers * 4, copy));
+  out_rows.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  out_bf16.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  for (std::uint32_t s = 0; s < slots; ++s) {
+    for (int l = 0; l < layers; ++l) {
+      if (opt.rows_output) {
+        ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(max_lookups * row_bytes, "row outputs"));
+        out_rows[SL(s, l)] = static_cast<std::byte*>(p);
+      }
+      if (bf16) {
+        ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(max_lookups * dim * 2, "BF16 outputs"));
+        out_bf16[SL(s, l)] = static_cast<std::byte*>(p);
+      }
+    }
+  }
+  ENGRAM_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&errors_host),
+                                   kErrorRing * static_cast<std::uint64_t>(layers) * 4, cudaHostAllocMapped));
+  std::memset(errors_host, 0, kErrorRing * static_cast<std::uint64_t>(layers) * 4);
+  ENGRAM_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&errors_dev), errors_host, 0));
+
+  // Pinned host memory: the prefetcher's staging and the descriptors.
+  ENGRAM_ASSIGN_OR_RETURN(registrar, MakeCudaHostRegistrar());
+  memory::ArenaOptions ao;
+  ao.registrar = registrar.get();
+  ao.name = "working set staging";
+  ENGRAM_ASSIGN_OR_RETURN(staging_arena, memory::PinnedArena::Create(opt.prefetch.staging_bytes, ao));
+  ao.name = "working set descriptors";
+  ENGRAM_ASSIGN_OR_RETURN(desc_arena,
+                          memory::PinnedArena::Create(desc_bytes * static_cast<std::uint64_t>(slots) * layers, ao));
+  desc_host.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  desc_free.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  desc_used.assign(static_cast<std::size_t>(slots) * layers, 0);
+  for (std::size_t i = 0; i < desc_host.size(); ++i) {
+    ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> b, desc_arena->Allocate(desc_bytes, 256));
+    desc_host[i] = b.data();
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&desc_free[i], cudaEventDisableTiming));
+  }
+  done_step.assign(static_cast<std::size_t>(slots) * layers, 0);
+
+  region_base.assign(static_cast<std::size_t>(layers) * cols, nullptr);
+  region_first.assign(static_cast<std::size_t>(layers) * cols, 0);
+  zc_delta.assign(static_cast<std::size_t>(layers) * cols, 0);
+  zc_ok.assign(static_cast<std::size_t>(layers) * cols, 0);
+  ENGRAM_RETURN_IF_ERROR(LoadRegions());
+  ENGRAM_RETURN_IF_ERROR(ChoosePath());
+  ENGRAM_CUDA_RETURN(cudaStreamSynchronize(copy));
+  st.path = path;
+  st.path_reason = path_reason;
+  st.staged_rows_per_second = staged_rate;
+  st.zero_copy_rows_per_second = zero_copy_rate;
+  st.cache_slots = cache_slots;
+  return Status::Ok();
+}
+
+Status WorkingSet::Impl::LoadRegions() {
+  if (opt.hbm_regions.empty()) return Status::Ok();
+  // Through a pinned bounce buffer of 64 MiB, two halves alternating with the copies.
+  constexpr std::uint64_t kHalf = 32ULL << 20;
+  void* bounce = nullptr;
+  ENGRAM_CUDA_RETURN(cudaHostAlloc(&bounce, 2 * kHalf, cudaHostAllocDefault));
+  auto free_bounce = [&] { cudaFreeHost(bounce); };
+  cudaEvent_t half_free[2] = {nullptr, nullptr};
+  Status status;
+  for (auto& e : half_free) {
+    if (status.ok())
+      status = detail::CudaStatus(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event", __FILE__, __LINE__);
+  }
+  const std::uint64_t rows_per_half = kHalf / row_bytes;
+  int half = 0;
+  for (const auto& r : opt.hbm_regions) {
+    if (!status.ok()) break;
+    const std::size_t i = LC(r.layer_index, r.column);
+    if (region_base[i] != nullptr) continue;
+    const std::int64_t first = layout.region_offset(r.layer_index, r.column);
+    const auto rows =
+        static_cast<std::uint64_t>(layout.layer(r.layer_index).primes.at(static_cast<std::size_t>(r.column)));
+    auto dev = DeviceAlloc(rows * row_bytes, "HBM region");
+    if (!dev.ok()) {
+      status = dev.status();
+      break;
+    }
+    region_base[i] = static_cast<std::byte*>(*dev);
+    region_first[i] = first;
+    for (std::uint64_t done = 0; done < rows && status.ok(); done += rows_per_half) {
+      const std::uint64_t n = std::min(rows_per_half, rows - done);
+      auto* buf = static_cast<std::byte*>(bounce) + static_cast<std::uint64_t>(half) * kHalf;
+      status = detail::CudaStatus(cudaEventSynchronize(half_free[half]), "cudaEventSynchronize", __FILE__, __LINE__);
+      if (status.ok()) {
+        status = store.ReadRange(version, r.layer_index, first + static_cast<std::int64_t>(done),
+                                 std::span<std::byte>(buf, n * row_bytes));
+      }
+      if (status.ok()) {
+        status = detail::CudaStatus(
+            cudaMemcpyAsync(region_base[i] + done * row_bytes, buf, n * row_bytes, cudaMemcpyHostToDevice, copy),
+            "cudaMemcpyAsync", __FILE__, __LINE__);
+      }
+      if (status.ok()) {
+        status = detail::CudaStatus(cudaEventRecord(half_free[half], copy), "cudaEventRecord", __FILE__, __LINE__);
+      }
+      half ^= 1;
+    }
+    st.hbm_region_rows += rows;
+  }
+  cudaStreamSynchronize(copy);
+  for (auto& e : half_free) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+  free_bounce();
+  return status.WithContext("working set: loading HBM regions");
+}
+
+Status WorkingSet::Impl::ChoosePath() {
+  // Zero-copy needs resident host regions that CUDA has mapped.
+  std::string why_not;
+  int resident = 0;
+  for (int l = 0; l < layers && host != nullptr; ++l) {
+    for (int c = 0; c < cols; ++c) {
+      if (!host->IsResident(l, c)) continue;
+      ++resident;
+      auto* p = const_cast<std::byte*>(host->ResidentRow(l, c, layout.region_offset(l, c)));
+      auto mapped = MappedDevicePointer(p);
+      if (!mapped.ok()) {
+        why_not = "the host tier's resident regions are not registered with CUDA (give its arena a CUDA registrar)";
+        continue;
+      }
+      zc_delta[LC(l, c)] = static_cast<std::byte*>(*mapped) - p;
+      zc_ok[LC(l, c)] = 1;
+    }
+  }
+  if (resident == 0) why_not = "no resident host regions";
+  const bool possible = why_not.empty();
+  if (opt.path == MissPath::kStaged) {
+    path = MissPath::kStaged;
+    path_reason = "asked for";
+    return Status::Ok();
+  }
+  if (opt.path == MissPath::kZeroCopy) {
+    if (!possible) return Status::FailedPrecondition("working set: zero-copy path asked for, but " + why_not);
+    path = MissPath::kZeroCopy;
+    path_reason = "asked for";
+    return Status::Ok();
+  }
+  if (!possible) {
+    path = MissPath::kStaged;
+    path_reason = "zero-copy impossible: " + why_not;
+    Log(LogLevel::kInfo, "working set: staged path ({})", path_reason);
+    return Status::Ok();
+  }
+  // Measure both on random rows of the largest resident region: CPU gather into pinned staging + one
+  // copy, against the zero-copy kernel, each best of 3.
+  int bl = 0, bc = 0;
+  std::int64_t best = -1;
+  for (int l = 0; l < layers; ++l) {
+    for (int c = 0; c < cols; ++c) {
+      const std::int64_t n = layout.layer(l).primes.at(static_cast<std::size_t>(c));
+      if (zc_ok[LC(l, c)] != 0 && n > best) {
+        best = n;
+        bl = l;
+        bc = c;
+      }
+    }
+  }
+  const std::uint64_t n = std::min<std::uint64_t>(65536, max_lookups);
+  std::mt19937_64 rng(42);
+  std::vector<const std::byte*> host_src(n);
+  std::vector<std::uint64_t> dev_src(n);
+  const std::int64_t first = layout.region_offset(bl, bc);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::int64_t r = first + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(best));
+    const std::byte* p = host->ResidentRow(bl, bc, r);
+    host_src[i] = p;
+    dev_src[i] = reinterpret_cast<std::uint64_t>(p + zc_delta[LC(bl, bc)]);
+  }
+  std::byte* pinned = staging_arena->data();
+  const std::uint64_t bytes = n * row_bytes;
+  if (bytes > staging_arena->size() || n * 8 > desc_bytes) {
+    path = MissPath::kStaged;
+    path_reason = "staging too small to measure; staged";
+    return Status::Ok();
+  }
+  engram::detail::ThreadPool pool(std::max<std::uint32_t>(opt.prefetch.gather_threads, 1) - 1);
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  ENGRAM_CUDA_RETURN(cudaEventCreate(&e0));
+  ENGRAM_CUDA_RETURN(cudaEventCreate(&e1));
+  double best_staged = 1e30, best_zc = 1e30;
+  ENGRAM_CUDA_RETURN(cudaMemcpy(desc_dev, dev_src.data(), n * 8, cudaMemcpyHostToDevice));
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = Clock::now();
+    constexpr std::uint64_t kChunk = 4096;
+    pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
+      for (std::uint64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+        std::memcpy(pinned + i * row_bytes, host_src[i], row_bytes);
+      }
+    });
+    ENGRAM_CUDA_RETURN(cudaMemcpyAsync(staging_dev, pinned, bytes, cudaMemcpyHostToDevice, copy));
+    ENGRAM_CUDA_RETURN(cudaStreamSynchronize(copy));
+    best_staged = std::min(best_staged, std::chrono::duration<double>(Clock::now() - t0).count());
+    ENGRAM_CUDA_RETURN(cudaEventRecord(e0, copy));
+    ENGRAM_RETURN_IF_ERROR(
+        kernels::LaunchGather(reinterpret_cast<const std::uint64_t*>(desc_dev), n, staging_dev, row_bytes, copy));
+    ENGRAM_CUDA_RETURN(cudaEventRecord(e1, copy));
+    ENGRAM_CUDA_RETURN(cudaEventSynchronize(e1));
+    float ms = 0;
+    ENGRAM_CUDA_RETURN(cudaEventElapsedTime(&ms, e0, e1));
+    best_zc = std::min(best_zc, static_cast<double>(ms) / 1e3);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  staged_rate = static_cast<double>(n) / best_staged;
+  zero_copy_rate = static_cast<double>(n) / best_zc;
+  path = zero_copy_rate > staged_rate ? MissPath::kZeroCopy : MissPath::kStaged;
+  path_reason = "measured: staged " + std::to_string(static_cast<std::uint64_t>(staged_rate)) + " rows/s, zero-copy " +
+                std::to_string(static_cast<std::uint64_t>(zero_copy_rate)) + " rows/s (" + std::to_string(n) +
+                " random rows of " + std::to_string(row_bytes) + " B, " +
+                std::to_string(std::max<std::uint32_t>(opt.prefetch.gather_threads, 1)) + " gather threads)";
+  Log(LogLevel::kInfo, "working set: {} path; {}", MissPathName(path), path_reason);
+  return Status::Ok();
+}
+
+Result<StepEvents*> WorkingSet::Impl::EventsFor(StepId step) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = events.find(step);
+  if (it != events.end()) return it->second.get();
+  std::unique_ptr<StepEvents> e;
+  if (!free_events.empty()) {
+    e = std::move(free_events.back());
+    free_events.pop_back();
+  } else {
+    e = std::make_unique<StepEvents>();
+    for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
+      v->assign(static_cast<std::size_t>(layers), nullptr);
+      for (auto& ev : *v) ENGRAM_CUDA_RETURN(cudaEventCreate(&ev));
+    }
+  }
+  StepEvents* raw = e.get();
+  events.emplace(step, std::move(e));
+  return raw;
+}
+
+Status WorkingSet::Impl::Plan(StepId step, int l, std::int64_t tokens, std::span<const std::int64_t> rows,
+                              std::span<const int> columns, std::span<std::uint8_t> stage) {
+  PlanState& p = plan;
+  const std::size_t nd = rows.size();
+  p.step = step;
+  p.layer = l;
+  p.tokens = tokens;
+  p.src.assign(nd, 0);
+  p.kind.assign(nd, kRegion);
+  p.fills.clear();
+  p.erase.clear();
+  p.inserts.clear();
+  p.zero_copy.clear();
+  p.staged_count = 0;
+  ++plan_stamp;
+  // 1. HBM regions are offsets; other rows go to their directory shard.
+  std::uint64_t region_hits = 0;
+  for (auto& sh : shards) sh.rows.clear();
+  for (std::size_t i = 0; i < nd; ++i) {
+    const std::size_t lc = LC(l, columns[i]);
+    if (region_base[lc] != nullptr) {
+      p.src[i] = reinterpret_cast<std::uint64_t>(region_base[lc] +
+                                                 static_cast<std::uint64_t>(rows[i] - region_first[lc]) * row_bytes);
+      ++region_hits;
+      continue;
+    }
+    p.kind[i] = kStaged;
+    if (!shards.empty()) shards[ShardOf(Key(l, rows[i]))].rows.push_back(static_cast<std::uint32_t>(i));
+  }
+  // 2. Each shard (its own map, policy and slots) decides hits and admissions, in parallel for large steps.
+  auto run_shard = [&](std::size_t si) {
+    Shard& sh = shards[si];
+    sh.fills.clear();
+    sh.erase.clear();
+    sh.inserts.clear();
+    sh.hits = sh.admitted = sh.evicted = 0;
+    for (const std::uint32_t i : sh.rows) {
+      const std::uint64_t key = Key(l, rows[i]);
+      if (const std::int64_t hit = sh.map.Find(key); hit >= 0) {
+        sh.policy->OnHit(static_cast<std::uint32_t>(hit) - sh.base);
+        p.src[i] = reinterpret_cast<std::uint64_t>(cache_rows + static_cast<std::uint64_t>(hit) * row_bytes);
+        p.kind[i] = kHit;
+        ++sh.hits;
+        continue;
+      }
+      const memory::RowCachePolicy::Admission a = sh.policy->OnMiss(key, 2 + columns[i] / layout.heads());
+      if (!a.admit) continue;
+      const std::uint32_t s = sh.base + a.slot;
+      // The fill's source is patched to the row's staging address once those are assigned (step 3).
+      const Fill f{i, reinterpret_cast<std::uint64_t>(cache_rows + static_cast<std::uint64_t>(s) * row_bytes)};
+      const std::uint64_t old = key_in[s];
+      bool reuse = false;
+      if (old != kEmptyKey) {
+        sh.map.Erase(old);
+        ++sh.evicted;
+        // A row admitted earlier in this layer and evicted again: its fill and insert are replaced.
+        reuse = fill_stamp[s] == plan_stamp;
+        if (!reuse) sh.erase.push_back(old);
+      }
+      key_in[s] = key;
+      sh.map.Insert(key, s);
+      ++sh.admitted;
+      if (reuse) {
+        sh.fills[fill_pos[s]] = f;
+        sh.inserts[fill_pos[s]] = {key, s};
+      } else {
+        fill_stamp[s] = plan_stamp;
+        fill_pos[s] = static_cast<std::uint32_t>(sh.fills.size());
+        sh.fills.push_back(f);
+        sh.inserts.push_back({key, s});
+      }
+    }
+  };
+  if (nd >= 4096 && plan_pool != nullptr) {
+    plan_pool->ParallelFor(shards.size(), run_shard);
+  } else {
+    for (std::size_t si = 0; si < shards.size(); ++si) run_shard(si);
+  }
+  // 3. Staging addresses in distinct order: staged rows from the start of device staging (the order the
+  // prefetcher packs them), rows read through the mapping from its end.
+  std::uint64_t zc = 0;
+  for (std::size_t i = 0; i < nd; ++i) {
+    stage[i] = 0;
+    if (p.kind[i] != kStaged) continue;
+    const int c = columns[i];
+    const std::size_t lc = LC(l, c);
+    if (path == MissPath::kZeroCopy && zc_ok[lc] != 0) {
+      // Read once through the mapping into device staging, so that repeated lookups and the cache fill
+      // read HBM, not the host.
+      p.src[i] = reinterpret_cast<std::uint64_t>(staging_dev + (max_lookups - 1 - zc) * row_bytes);
+      p.zero_copy.push_back(
+          {reinterpret_cast<std::uint64_t>(host->ResidentRow(l, c, rows[i]) + zc_delta[lc]), p.src[i]});
+      ++zc;
+    } else {
+      p.src[i] = reinterpret_cast<std::uint64_t>(staging_dev + p.staged_count * row_bytes);
+      stage[i] = 1;
+      ++p.staged_count;
+    }
+  }
+  std::uint64_t hits = 0, admitted = 0, evicted = 0, held = 0;
+  for (const auto& sh : shards) {
+    for (Fill f : sh.fills) {
+      f.src = p.src[f.src];
+      p.fills.push_back(f);
+    }
+    p.erase.insert(p.erase.end(), sh.erase.begin(), sh.erase.end());
+    p.inserts.insert(p.inserts.end(), sh.inserts.begin(), sh.inserts.end());
+    hits += sh.hits;
+    admitted += sh.admitted;
+    evicted += sh.evicted;
+    held += sh.map.size();
+  }
+  Log(LogLevel::kDebug, "working set: step {} layer index {} planned", step, l);
+  std::lock_guard<std::mutex> lock(mu);
+  st.cache_held = held;
+  st.hbm_region_hits += region_hits;
+  st.cache_hits += hits;
+  st.zero_copy_rows += zc;
+  st.staged_rows += p.staged_count;
+  st.admissions += admitted;
+  st.evictions += evicted;
+  step_tokens[step] = tokens;
+  return Status::Ok();
+}
+
+Status WorkingSet::Impl::Enqueue(std::span<const std::int32_t> lookup, std::span<const std::byte> staged) {
+  PlanState& p = plan;
+  const std::uint32_t slot = SlotOf(p.step);
+  const std::size_t sl = SL(slot, p.layer);
+  const auto n = static_cast<std::uint64_t>(p.tokens) * static_cast<std::uint64_t>(cols);
+  ENGRAM_ASSIGN_OR_RETURN(StepEvents * ev, EventsFor(p.step));
+  const auto l = static_cast<std::size_t>(p.layer);
+  // The descriptors of the previous step in this slot must have been copied before they are rewritten.
+  if (desc_used[sl] != 0) ENGRAM_CUDA_RETURN(cudaEventSynchronize(desc_free[sl]));
+  std::byte* h = desc_host[sl];
+  std::uint64_t off = 0;
+  auto put = [&](const void* src, std::uint64_t bytes) {
+    const std::uint64_t at = off;
+    if (bytes > 0) std::memcpy(h + at, src, bytes);
+    off = Align(off + bytes, 16);
+    return at;
+  };
+  // Each lookup's source address, resolved here: the kernel then does one dependent load per row, as a
+  // plain gather does.
+  std::uint64_t o_src = 0;
+  if (!lookup.empty()) {
+    o_src = off;
+    auto* dst = reinterpret_cast<std::uint64_t*>(h + off);
+    for (std::size_t i = 0; i < lookup.size(); ++i)
+      dst[i] = lookup[i] >= 0 ? p.src[static_cast<std::size_t>(lookup[i])] : 0;
+    off = Align(off + lookup.size() * 8, 16);
+  }
+  const std::uint64_t o_fill = put(p.fills.data(), p.fills.size() * sizeof(Fill));
+  const std::uint64_t o_erase = put(p.erase.data(), p.erase.size() * 8);
+  const std::uint64_t o_ins = put(p.inserts.data(), p.inserts.size() * sizeof(KeySlot));
+  const std::uint64_t o_zc = put(p.zero_copy.data(), p.zero_copy.size() * sizeof(Fill));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[l], copy));
+  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(desc_dev, h, off, cudaMemcpyHostToDevice, copy));
+  desc_used[sl] = 1;
+  ENGRAM_CUDA_RETURN(cudaEventRecord(desc_free[sl], copy));
+  if (!staged.empty()) {
+    ENGRAM_CUDA_RETURN(cudaMemcpyAsync(staging_dev, staged.data(), staged.size(), cudaMemcpyHostToDevice, copy));
+  }
+  ENGRAM_RETURN_IF_ERROR(kernels::LaunchFill(reinterpret_cast<const std::uint64_t*>(desc_dev + o_zc),
+                                             p.zero_copy.size(), row_bytes, copy));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[l], copy));
+  const auto flag = reinterpret_cast<CUdeviceptr>(flags + sl);
+  ENGRAM_RETURN_IF_ERROR(DriverStatus(memops.wait(copy, flag, 0, CU_STREAM_WAIT_VALUE_EQ), "cuStreamWaitValue32"));
+
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[l], copy));
+  kernels::AssembleArgs a;
+  a.src = lookup.empty() ? nullptr : reinterpret_cast<const std::uint64_t*>(desc_dev + o_src);
+  a.rows_out = out_rows[sl];
+  a.bf16_out = reinterpret_cast<std::uint16_t*>(out_bf16[sl]);
+  a.n = n;
+  a.row_bytes = row_bytes;
+  a.dim = dim;
+  const std::size_t err = (p.step % kErrorRing) * static_cast<std::size_t>(layers) + l;
+  errors_host[err] = 0;
+  a.error = errors_dev + err;
+  ENGRAM_RETURN_IF_ERROR(kernels::LaunchAssemble(a, copy));
+  if (cache_slots > 0) {
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchFill(reinterpret_cast<const std::uint64_t*>(desc_dev + o_fill),
+                                               p.fills.size(), row_bytes, copy));
+    kernels::TableArgs t{table_keys, table_slots, slot_key, table_cap - 1};
+    ENGRAM_RETURN_IF_ERROR(
+        kernels::LaunchTableErase(t, reinterpret_cast<const std::uint64_t*>(desc_dev + o_erase), p.erase.size(), copy));
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchTableInsert(t, reinterpret_cast<const std::uint64_t*>(desc_dev + o_ins),
+                                                      p.inserts.size(), copy));
+    tombs += p.erase.size();
+    std::size_t live = 0;
+    for (const auto& sh : shards) live += sh.map.size();
+    if (live + tombs > table_cap * 3 / 4) {
+      ENGRAM_CUDA_RETURN(cudaMemsetAsync(table_keys, 0xFF, table_cap * 8, copy));
+      ENGRAM_RETURN_IF_ERROR(kernels::LaunchTableRebuild(t, cache_slots, copy));
+      tombs = 0;
+      std::lock_guard<std::mutex> lock(mu);
+      ++st.table_rebuilds;
+    }
+  }
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[l], copy));
+  ENGRAM_RETURN_IF_ERROR(
+      DriverStatus(memops.write(copy, flag, 1, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32"));
+  Log(LogLevel::kDebug, "working set: step {} layer index {} enqueued (slot {}, {} distinct, {} staged, {} fills)",
+      p.step, p.layer, slot, p.src.size(), p.staged_count, p.fills.size());
+  std::lock_guard<std::mutex> lock(mu);
+  st.staged_bytes += off + staged.size();
+  ++st.layers;
+  return Status::Ok();
+}
+
+Status WorkingSet::Impl::Ready(StepId step, int l, const prefetch::DeviceLayerInput& in) {
+  if (plan.step != step || plan.layer != l || in.rows.size() != plan.src.size() ||
+      in.staged.size() != plan.staged_count * row_bytes) {
+    return Status::Internal("working set: Ready does not match the plan of step " + std::to_string(step) +
+                            " layer index " + std::to_string(l));
+  }
+  Status s = Enqueue(in.lookup, in.staged);
+  if (!s.ok()) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++st.failed_layers;
+  }
+  return s;
+}
+
+void WorkingSet::Impl::Failed(StepId step, int l, const Status& status) {
+  // The rows never arrived: every admission of the layer is undone (its slot emptied on the host and, by
+  // an insert of the empty key, on the device); the layer's output is zeros, with its flag set so no
+  // stream hangs.
+  if (plan.step == step && plan.layer == l) {
+    for (std::size_t f = 0; f < plan.fills.size(); ++f) {
+      const auto s = static_cast<std::uint32_t>(plan.inserts[f].slot);
+      shards[ShardOf(plan.inserts[f].key)].map.Erase(plan.inserts[f].key);
+      key_in[s] = kEmptyKey;
+      plan.inserts[f].key = kEmptyKey;
+      plan.fills[f].src = 0;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ++st.failed_layers;
+    st.cache_held = 0;
+    for (const auto& sh : shards) st.cache_held += sh.map.size();
+  }
+  if (Status e = Enqueue({}, {}); !e.ok()) {
+    Log(LogLevel::kError, "working set: step {} layer index {}: could not enqueue the failed layer: {}", step, l,
+        e.ToString());
+  }
+  (void)status;
+}
+
+void WorkingSet::Impl::RunFinisher() {
+  std::unique_lock<std::mutex> lock(mu);
+  while (true) {
+    cv.wait(lock, [&] { return stop || !to_finish.empty(); });
+    if (to_finish.empty()) return;
+    const StepId step = to_finish.front();
+    to_finish.pop_front();
+    lock.unlock();
+    Log(LogLevel::kDebug, "working set: finishing step {}", step);
+    // The host side of every layer first (so every layer's copies are enqueued), then the copies.
+    for (int l = 0; l < layers; ++l) (void)prefetcher->Wait(step, l);
+    StepEvents* ev = nullptr;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (auto it = events.find(step); it != events.end()) ev = it->second.get();
+    }
+    double copy_s = 0, assemble_s = 0;
+    if (ev != nullptr) {
+      cudaEventSynchronize(ev->copied[static_cast<std::size_t>(layers - 1)]);
+      (void)prefetcher->Finish(step);
+      cudaEventSynchronize(ev->done[static_cast<std::size_t>(layers - 1)]);
+      for (std::size_t l = 0; l < static_cast<std::size_t>(layers); ++l) {
+        float a = 0, b = 0;
+        if (cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) copy_s += a / 1e3;
+        if (cudaEventElapsedTime(&b, ev->flagged[l], ev->done[l]) == cudaSuccess) assemble_s += b / 1e3;
+      }
+    } else {
+      (void)prefetcher->Finish(step);
+    }
+    lock.lock();
+    st.copy_seconds += copy_s;
+    st.assemble_seconds += assemble_s;
+    if (auto it = events.find(step); it != events.end()) {
+      free_events.push_back(std::move(it->second));
+      events.erase(it);
+    }
+    step_tokens.erase(step);
+    cv.notify_all();
+  }
+}
+
+void WorkingSet::Impl::DrainCopyStream() {
+  // The copy stream may be waiting for consumers that will never say Done: release every slot until it
+  // has nothing left.
+  if (copy == nullptr) return;
+  cudaStream_t side = nullptr;
+  if (cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) != cudaSuccess) side = nullptr;
+  while (cudaStreamQuery(copy) == cudaErrorNotReady) {
+    if (side != nullptr && flags != nullptr) {
+      cudaMemsetAsync(flags, 0, static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) * 4, side);
+      cudaStreamSynchronize(side);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  if (side != nullptr) cudaStreamDestroy(side);
+}
+
+WorkingSet::Impl::~Impl() {
+  // The prefetcher finishes its queued steps (each enqueues device work), while a drainer keeps the copy
+  // stream moving.
+  std::atomic<bool> draining{true};
+  std::thread drainer([&] {
+    while (draining.load()) {
+      DrainCopyStream();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+  }
+  cv.notify_all();
+  if (finisher.joinable()) finisher.join();
+  prefetcher.reset();
+  draining = false;
+  drainer.join();
+  DrainCopyStream();
+  if (copy != nullptr) cudaStreamSynchronize(copy);
+  for (auto& [id, e] : events) free_events.push_back(std::move(e));
+  for (auto& e : free_events) {
+    for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
+      for (auto ev : *v) cudaEventDestroy(ev);
+    }
+  }
+  for (auto e : desc_free) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
+  for (void* p : allocations) cudaFree(p);
+  if (errors_host != nullptr) cudaFreeHost(errors_host);
+  if (copy != nullptr) cudaStreamDestroy(copy);
+}
+
+WorkingSet::WorkingSet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+WorkingSet::~WorkingSet() = default;
+
+Result<std::unique_ptr<WorkingSet>> WorkingSet::Create(const store::Store& store, store::VersionHandle version,
+                                                       memory::HostTier* host_tier, const WorkingSetOptions& options) {
+  ENGRAM_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDevice());
+  (void)info;
+  if (!version.valid()) return Status::InvalidArgument("working set: the version handle is empty");
+  if (host_tier != nullptr && !(host_tier->layout() == store.layout())) {
+    return Status::InvalidArgument("working set: the host tier's layout is not the store's");
+  }
+  auto impl = std::make_unique<Impl>(store, version, host_tier, options);
+  ENGRAM_RETURN_IF_ERROR(impl->Init());
+  prefetch::PrefetcherOptions po = options.prefetch;
+  po.device = impl.get();
+  po.staging_arena = impl->staging_arena.get();
+  ENGRAM_ASSIGN_OR_RETURN(impl->prefetcher, prefetch::Prefetcher::Create(store, std::move(version), host_tier, po));
+  Impl* raw = impl.get();
+  impl->finisher = std::thread([raw] { raw->RunFinisher(); });
+  return std::unique_ptr<WorkingSet>(new WorkingSet(std::move(impl)));
+}
+
+Result<SequenceId> WorkingSet::CreateSequence() {
+  return impl_->prefetcher->CreateSequence();
+}
+Result<SequenceId> WorkingSet::Fork(SequenceId parent) {
+  return impl_->prefetcher->Fork(parent);
+}
+Status WorkingSet::Release(SequenceId id) {
+  return impl_->prefetcher->Release(id);
+}
+Status WorkingSet::Rollback(SequenceId id, std::int64_t k) {
+  return impl_->prefetcher->Rollback(id, k);
+}
+
+Result<StepId> WorkingSet::Submit(std::span<const prefetch::SequenceInput> batch) {
+  std::size_t tokens = 0;
+  for (const auto& in : batch) tokens += in.tokens.size();
+  if (tokens > static_cast<std::size_t>(impl_->opt.max_tokens)) {
+    return Status::InvalidArgument("working set: a step of " + std::to_string(tokens) + " tokens is over max_tokens " +
+                                   std::to_string(impl_->opt.max_tokens));
+  }
+  ENGRAM_ASSIGN_OR_RETURN(StepId id, impl_->prefetcher->Submit(batch));
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->step_tokens[id] = static_cast<std::int64_t>(tokens);
+  return id;
+}
+
+std::uint32_t WorkingSet::SlotOf(StepId step) const noexcept {
+  return impl_->SlotOf(step);
+}
+
+// The flag of (slot, layer) as a driver address, or kOutOfRange.
+static Result<CUdeviceptr> FlagOf(const WorkingSet::Impl& im, std::uint32_t slot, int l) {
+  if (slot >= im.slots || l < 0 || l >= im.layers) {
+    return Status::OutOfRange("working set: no slot " + std::to_string(slot) + " / layer index " + std::to_string(l));
+  }
+  return reinterpret_cast<CUdeviceptr>(im.flags + im.SL(slot, l));
+}
+
+Status WorkingSet::WaitSlot(std::uint32_t slot, int l, Stream stream) const {
+  ENGRAM_ASSIGN_OR_RETURN(const CUdeviceptr flag, FlagOf(*impl_, slot, l));
+  return DriverStatus(impl_->memops.wait(reinterpret_cast<CUstream>(stream), flag, 1, CU_STREAM_WAIT_VALUE_EQ),
+                      "cuStreamWaitValue32");
+}
+
+Status WorkingSet::DoneSlot(std::uint32_t slot, int l, Stream stream) const {
+  ENGRAM_ASSIGN_OR_RETURN(const CUdeviceptr flag, FlagOf(*impl_, slot, l));
+  return DriverStatus(impl_->memops.write(reinterpret_cast<CUstream>(stream), flag, 0, CU_STREAM_WRITE_VALUE_DEFAULT),
+                      "cuStreamWriteValue32");
+}
+
+Status WorkingSet::Wait(StepId step, int l, Stream stream) {
+  Impl& im = *impl_;
+  if (step == 0) return Status::InvalidArgument("working set: step 0 does not exist");
+  const std::uint32_t slot = im.SlotOf(step);
+  if (l < 0 || l >= im.layers)
+    return Status::OutOfRange("working set: layer index " + std::to_string(l) + " is outside 0.." +
+                              std::to_string(im.layers - 1));
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    if (step > im.slots && im.done_step[im.SL(slot, l)] != step - im.slots) {
+      return Status::FailedPrecondition("working set: wait for step " + std::to_string(step) + " layer index " +
+                                        std::to_string(l) + ": step " + std::to_string(step - im.slots) +
+                                        " (same slot) was not Done for this layer");
+    }
+  }
+  return WaitSlot(slot, l, stream);
+}
+
+Status WorkingSet::Done(StepId step, int l, Stream stream) {
+  Impl& im = *impl_;
+  if (step == 0) return Status::InvalidArgument("working set: step 0 does not exist");
+  const std::uint32_t slot = im.SlotOf(step);
+  ENGRAM_RETURN_IF_ERROR(DoneSlot(slot, l, stream));
+  std::lock_guard<std::mutex> lock(im.mu);
+  im.done_step[im.SL(slot, l)] = step;
+  return Status::Ok();
+}
+
+Result<DeviceLayerOutput> WorkingSet::SlotOutput(std::uint32_t slot, int l) const {
+  const Impl& im = *impl_;
+  if (slot >= im.slots || l < 0 || l >= im.layers)
+    return Status::OutOfRange("working set: no slot/layer " + std::to_string(slot) + "/" + std::to_string(l));
+  DeviceLayerOutput o;
+  o.tokens = im.opt.max_tokens;
+  o.columns = im.cols;
+  o.row_bytes = im.row_bytes;
+  o.dim = im.dim;
+  o.rows = im.out_rows[im.SL(slot, l)];
+  o.bf16 = reinterpret_cast<std::uint16_t*>(im.out_bf16[im.SL(slot, l)]);
+  return o;
+}
+
+Result<DeviceLayerOutput> WorkingSet::Output(StepId step, int l) const {
+  if (step == 0) return Status::InvalidArgument("working set: step 0 does not exist");
+  ENGRAM_ASSIGN_OR_RETURN(DeviceLayerOutput o, SlotOutput(impl_->SlotOf(step), l));
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  auto it = impl_->step_tokens.find(step);
+  if (it == impl_->step_tokens.end()) {
+    return Status::NotFound("working set: output of step " + std::to_string(step) +
+                            ": not planned yet or finished (LayerStatus waits for it)");
+  }
+  o.tokens = it->second;
+  return o;
+}
+
+Status WorkingSet::LayerStatus(StepId step, int l) {
+  ENGRAM_RETURN_IF_ERROR(impl_->prefetcher->Wait(step, l));
+  cudaEvent_t done = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (auto it = impl_->events.find(step); it != impl_->events.end())
+      done = it->second->done[static_cast<std::size_t>(l)];
+  }
+  if (done != nullptr) ENGRAM_CUDA_RETURN(cudaEventSynchronize(done));
+  const std::uint32_t e = impl_->errors_host[(step % Impl::kErrorRing) * static_cast<std::size_t>(impl_->layers) +
+                                             static_cast<std::size_t>(l)];
+  if (e != 0) {
+    return Status::Corruption("working set: step " + std::to_string(step) + " layer index " + std::to_string(l) +
+                              ": lookup " + std::to_string(e - 1) + " holds a NaN code or scale (seen on the device)");
+  }
+  return Status::Ok();
+}
+
+Status WorkingSet::Finish(StepId step) {
+  Impl& im = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    im.to_finish.push_back(step);
+  }
+  im.cv.notify_all();
+  return Status::Ok();
+}
+
+Status WorkingSet::LookupAsync(int l, const std::int64_t* rows, std::uint32_t n, std::int32_t* slots,
+                               Stream stream) const {
+  const Impl& im = *impl_;
+  if (l < 0 || l >= im.layers) return Status::OutOfRange("working set: layer index " + std::to_string(l));
+  if (im.cache_slots == 0) return Status::FailedPrecondition("working set: no HBM cache (cache_bytes 0)");
+  kernels::TableArgs t{im.table_keys, im.table_slots, im.slot_key, im.table_cap - 1};
+  return kernels::LaunchTableLookup(t, static_cast<std::uint64_t>(l) << 40, rows, n, slots, stream);
+}
+
+const std::byte* WorkingSet::CacheSlotRow(std::int32_t slot) const noexcept {
+  if (slot < 0 || static_cast<std::uint32_t>(slot) >= impl_->cache_slots) return nullptr;
+  return impl_->cache_rows + static_cast<std::uint64_t>(slot) * impl_->row_bytes;
+}
+
+Status WorkingSet::Synchronize() {
+  // Every step submitted so far must have reached the copy stream first.
+  ENGRAM_CUDA_RETURN(cudaStreamSynchronize(impl_->copy));
+  return Status::Ok();
+}
+
+const Layout& WorkingSet::layout() const noexcept {
+  return impl_->layout;
+}
+
+WorkingSetStats WorkingSet::stats() const {
+  const Impl& im = *impl_;
+  WorkingSetStats s;
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    s = im.st;
+  }
+  s.device_bytes = im.device_bytes;
+  s.host = im.prefetcher->stats();
+  return s;
+}
+
+std::string WorkingSet::StatsJson() const {
+  const WorkingSetStats s = stats();
+  nlohmann::ordered_json j;
+  j["path"] = MissPathName(s.path);
+  j["path_reason"] = s.path_reason;
+  j["staged_rows_per_second"] = s.staged_rows_per_second;
+  j["zero_copy_rows_per_second"] = s.zero_copy_rows_per_second;
+  j["device_bytes"] = s.device_bytes;
+  j["device_budget_bytes"] = s.device_budget_bytes;
+  j["cache_slots"] = s.cache_slots;
+  j["hbm_region_rows"] = s.hbm_region_rows;
+  j["hbm_region_hits"] = s.hbm_region_hits;
+  j["cache_hits"] = s.cache_hits;
+  j["zero_copy_rows"] = s.zero_copy_rows;
+  j["staged_rows"] = s.staged_rows;
+  j["staged_bytes"] = s.staged_bytes;
+  j["admissions"] = s.admissions;
+  j["evictions"] = s.evictions;
+  j["table_rebuilds"] = s.table_rebuilds;
+  j["layers"] = s.layers;
+  j["failed_layers"] = s.failed_layers;
+  j["copy_seconds"] = s.copy_seconds;
+  j["assemble_seconds"] = s.assemble_seconds;
+  j["host"] = nlohmann::ordered_json::parse(impl_->prefetcher->StatsJson());
+  return j.dump(2);
+}
+
+}  // namespace engram::gpu

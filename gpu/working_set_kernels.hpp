@@ -1,0 +1,56 @@
+// Kernels of the GPU working set (internal): declared for host code, defined in working_set_kernels.cu.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engram/status.hpp"
+
+namespace engram::gpu::kernels {
+
+struct AssembleArgs {
+  const std::uint64_t* src = nullptr;  // per lookup: device-readable address of its row, 0 for a DEAD
+                                       // position; nullptr: every output zeroed
+  std::byte* rows_out = nullptr;       // [n, row_bytes] or nullptr
+  std::uint16_t* bf16_out = nullptr;   // [n, dim] or nullptr (FP8 rows only)
+  std::uint64_t n = 0;                 // lookups
+  std::uint32_t row_bytes = 0;         // a multiple of 4
+  std::uint32_t dim = 0;               // FP8: codes per row (a multiple of 32), then dim / 32 scales
+  std::uint32_t* error = nullptr;      // set to (first lookup with a NaN code or scale) + 1
+};
+
+// Loads every kernel of this file now. Under lazy module loading (CUDA's default) a kernel's first launch
+// loads its module, which can wait for the whole device; with a stream already waiting on a flag that
+// only a later kernel would set, that wait never ends. The working set calls this at Create.
+Status Preload();
+
+// Output assembly: rows in lookup order, DEAD positions zeroed, BF16 dequantisation (exactly as
+// engram::prefetch::DequantizeRowE4M3). One warp per lookup.
+Status LaunchAssemble(const AssembleArgs& a, cudaStream_t stream);
+
+// Copies rows: fills[2 i] is a source address, fills[2 i + 1] a destination; a source of 0 is skipped.
+Status LaunchFill(const std::uint64_t* fills, std::uint64_t n, std::uint32_t row_bytes, cudaStream_t stream);
+
+// Gathers rows from source addresses into `out` back to back (the zero-copy calibration and baselines).
+Status LaunchGather(const std::uint64_t* src, std::uint64_t n, std::byte* out, std::uint32_t row_bytes,
+                    cudaStream_t stream);
+
+// The HBM cache's device hash table: open addressing, linear probing, keys ~0 empty and ~0 - 1 deleted.
+struct TableArgs {
+  std::uint64_t* keys = nullptr;
+  std::int32_t* slots = nullptr;
+  std::uint64_t* slot_key = nullptr;  // per cache slot: its key, ~0 if empty
+  std::uint64_t mask = 0;             // capacity - 1
+};
+Status LaunchTableErase(const TableArgs& t, const std::uint64_t* keys, std::uint64_t n, cudaStream_t stream);
+// pairs[2 i] = key (~0: only empty the slot), pairs[2 i + 1] = slot; also sets slot_key.
+Status LaunchTableInsert(const TableArgs& t, const std::uint64_t* pairs, std::uint64_t n, cudaStream_t stream);
+// Re-inserts every slot's key into a table whose keys were just set to empty.
+Status LaunchTableRebuild(const TableArgs& t, std::uint32_t cache_slots, cudaStream_t stream);
+// slots_out[i] = slot of (key_base | rows[i]), or -1.
+Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::int64_t* rows, std::uint32_t n,
+                         std::int32_t* slots_out, cudaStream_t stream);
+
+}  // namespace engram::gpu::kernels

@@ -1,0 +1,174 @@
+// The GPU working set: the device side of the prefetcher. For each step and Engram layer it puts the
+// rows the layer reads into GPU memory, in the layout the layer consumes, without the engine's compute
+// stream waiting on the host. Compiles without CUDA headers.
+//
+// A step goes: Submit (host: ids appended, the prefetcher's worker hashes, de-duplicates and plans each
+// layer against the HBM cache) -> for the rows the device does not hold: host tier / store -> pinned
+// staging -> one cudaMemcpyAsync on the working set's copy stream (the staged path), or a kernel reading
+// them from mapped pinned host memory (the zero-copy path, for resident host regions) -> an assembly
+// kernel writes the layer's output: rows [T, H, row_bytes] in token order and, for FP8 rows, BF16
+// [T, H * dim], DEAD positions zeroed -> newly read rows are copied into the HBM cache -> a ready flag.
+//
+// Hand-off: every step uses one of `steps_in_flight` slots ((step - 1) % steps_in_flight); a slot's
+// output buffers keep their addresses for the working set's life. Per (slot, layer) there is a flag in
+// device memory: the copy stream waits until it is 0 (the previous user of the slot is done), writes the
+// output, then sets it to 1. Wait(step, layer, stream) enqueues "wait until 1" on the engine's stream
+// (cuStreamWaitValue32: the host never blocks); Done(step, layer, stream) enqueues "set to 0" after the
+// engine's reads. Both are stream memory operations, so the consuming side of a step can be captured in a
+// CUDA graph (WaitSlot / DoneSlot) and replayed for every step that uses the slot. Every Wait must be
+// followed by a Done on some stream, or the slot is never reused and the copy stream stalls.
+//
+// A layer that fails on the host (a read error, a corrupt row) still gets its flag set, with its output
+// zeroed, so no stream hangs; Status(step, layer) reports the error.
+//
+// Thread safety: all methods may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engram/gpu/device.hpp"
+#include "engram/memory/host_tier.hpp"
+#include "engram/memory/row_cache_policy.hpp"
+#include "engram/prefetch/prefetcher.hpp"
+#include "engram/status.hpp"
+#include "engram/store/store.hpp"
+
+namespace engram::gpu {
+
+// How rows the HBM cache does not hold reach the device.
+enum class MissPath : std::uint8_t {
+  kAuto,      // measure both at Create on this machine, keep the faster (staged when zero-copy is impossible)
+  kStaged,    // host gathers into pinned staging, one cudaMemcpyAsync per layer
+  kZeroCopy,  // rows of resident host regions are read by the kernel through mapped memory; other rows staged
+};
+
+[[nodiscard]] const char* MissPathName(MissPath p) noexcept;
+
+struct WorkingSetOptions {
+  // Bytes of GPU memory for the HBM row cache: row slots plus its directory (8 B per slot and a device
+  // hash table of 2-4 x 12 B per slot, for device-side lookups). 0: no cache. Default: 1 GiB.
+  std::uint64_t cache_bytes = 1ULL << 30;
+  // The cache's admission and eviction (the host tier's policy code, run by the host for the device's
+  // slots). Default: kAdaptiveFrequency.
+  memory::RowCachePolicyOptions policy;
+  // Regions held whole in HBM, loaded from the store at Create (they do not count against cache_bytes
+  // but against device_budget_bytes). Default: none.
+  std::vector<memory::RegionRef> hbm_regions;
+  // Default: kAuto.
+  MissPath path = MissPath::kAuto;
+  // Steps whose outputs can exist at once (double buffering: step N+1 is fetched while step N is
+  // consumed). Default: 2.
+  std::uint32_t steps_in_flight = 2;
+  // The most tokens a step may have (sizes the output buffers and device staging). Default: 16384.
+  std::int64_t max_tokens = 16384;
+  // Outputs to produce. rows: [T, H, row_bytes]; bf16: [T, H * dim] for FP8 rows. Defaults: both.
+  bool rows_output = true;
+  bool bf16_output = true;
+  // Every byte of GPU memory the working set allocates (cache, HBM regions, outputs, staging, directory)
+  // must fit in this; a configuration that does not is refused before anything is allocated. Use it to
+  // emulate a smaller card. 0: no limit beyond the card. Default: 0.
+  std::uint64_t device_budget_bytes = 0;
+  // The host side. staging_bytes is taken from a pinned arena the working set owns (registered with
+  // CUDA); `device` is set by the working set. Defaults: PrefetcherOptions{}.
+  prefetch::PrefetcherOptions prefetch;
+};
+
+struct DeviceLayerOutput {
+  std::int64_t tokens = 0;
+  int columns = 0;
+  std::uint32_t row_bytes = 0;
+  std::uint32_t dim = 0;
+  std::byte* rows = nullptr;      // device: [tokens, columns, row_bytes], or nullptr if not produced
+  std::uint16_t* bf16 = nullptr;  // device: [tokens, columns * dim] BF16 bit patterns, or nullptr
+};
+
+struct WorkingSetStats {
+  MissPath path = MissPath::kStaged;
+  std::string path_reason;            // why this path (the measurement, or why zero-copy was impossible)
+  double staged_rows_per_second = 0;  // measured at Create (kAuto), 0 if not measured
+  double zero_copy_rows_per_second = 0;
+  std::uint64_t device_bytes = 0;  // GPU memory allocated by the working set
+  std::uint64_t device_budget_bytes = 0;
+  std::uint64_t cache_slots = 0;
+  std::uint64_t cache_held = 0;  // slots holding a row
+  std::uint64_t hbm_region_rows = 0;
+  // Distinct rows of all layers served so far, by source.
+  std::uint64_t hbm_region_hits = 0;
+  std::uint64_t cache_hits = 0;
+  std::uint64_t zero_copy_rows = 0;
+  std::uint64_t staged_rows = 0;
+  std::uint64_t staged_bytes = 0;  // copied host -> device (rows and descriptors)
+  std::uint64_t admissions = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t table_rebuilds = 0;  // device hash table compactions
+  std::uint64_t layers = 0;          // layer outputs produced
+  std::uint64_t failed_layers = 0;
+  double copy_seconds = 0;      // device time of host -> device copies (events; finished steps)
+  double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills
+  prefetch::PrefetchStats host;
+};
+
+class WorkingSet {
+ public:
+  // `store` (and `host_tier`, optional) must outlive the working set; `version` is pinned for its life.
+  // The current CUDA device is used. Errors: kUnavailable without a GPU; kResourceExhausted when the
+  // configuration does not fit device_budget_bytes (or the card); kInvalidArgument for bad options.
+  static Result<std::unique_ptr<WorkingSet>> Create(const store::Store& store, store::VersionHandle version,
+                                                    memory::HostTier* host_tier, const WorkingSetOptions& options = {});
+  // Waits for the device work enqueued so far, then frees everything.
+  ~WorkingSet();
+  WorkingSet(const WorkingSet&) = delete;
+  WorkingSet& operator=(const WorkingSet&) = delete;
+
+  // Sequences (as Prefetcher).
+  [[nodiscard]] Result<SequenceId> CreateSequence();
+  [[nodiscard]] Result<SequenceId> Fork(SequenceId parent);
+  [[nodiscard]] Status Release(SequenceId id);
+  [[nodiscard]] Status Rollback(SequenceId id, std::int64_t k);
+
+  // Appends the batch and queues the step (at most max_tokens tokens). Steps are numbered 1, 2, 3, ...
+  [[nodiscard]] Result<prefetch::StepId> Submit(std::span<const prefetch::SequenceInput> batch);
+  // Makes `stream` wait until the layer's output is on the device. Never blocks the host.
+  // kFailedPrecondition if the previous step in the same slot was not Done for this layer.
+  [[nodiscard]] Status Wait(prefetch::StepId step, int layer_index, Stream stream);
+  // Enqueues on `stream`, after the work that reads the layer's output, the release of the output.
+  [[nodiscard]] Status Done(prefetch::StepId step, int layer_index, Stream stream);
+  // Capture-safe forms: the same stream operations by slot, with no host-side bookkeeping.
+  [[nodiscard]] Status WaitSlot(std::uint32_t slot, int layer_index, Stream stream) const;
+  [[nodiscard]] Status DoneSlot(std::uint32_t slot, int layer_index, Stream stream) const;
+  [[nodiscard]] std::uint32_t SlotOf(prefetch::StepId step) const noexcept;
+  // The layer's device output buffers (stable addresses per slot; tokens is the step's count).
+  [[nodiscard]] Result<DeviceLayerOutput> Output(prefetch::StepId step, int layer_index) const;
+  [[nodiscard]] Result<DeviceLayerOutput> SlotOutput(std::uint32_t slot, int layer_index) const;
+  // Blocks until the layer's host side and its device work are done; its error if it failed (its device
+  // output is then zeros).
+  [[nodiscard]] Status LayerStatus(prefetch::StepId step, int layer_index);
+  // Releases the step's host staging once its copies are done (in the background; never blocks).
+  [[nodiscard]] Status Finish(prefetch::StepId step);
+
+  // Device-side lookup in the HBM cache: for `n` global row ids of the layer (device memory), writes the
+  // cache slot of each (-1 if not cached) to `slots` (device memory), on `stream`. It sees the cache as
+  // the copy stream leaves it: order `stream` after a Wait for the layer whose state it should see.
+  [[nodiscard]] Status LookupAsync(int layer_index, const std::int64_t* rows, std::uint32_t n, std::int32_t* slots,
+                                   Stream stream) const;
+  // Device address of cache slot `slot`'s row (row_bytes bytes).
+  [[nodiscard]] const std::byte* CacheSlotRow(std::int32_t slot) const noexcept;
+
+  // Waits (on the host) until the copy stream has done everything enqueued so far.
+  [[nodiscard]] Status Synchronize();
+  [[nodiscard]] WorkingSetStats stats() const;
+  [[nodiscard]] std::string StatsJson() const;
+  [[nodiscard]] const Layout& layout() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit WorkingSet(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace engram::gpu

@@ -1,0 +1,464 @@
+// The GPU working set on the real GPU, a real store (synthetic V4.1 checkpoint, RocksDB, io_uring) and the
+// real trace: every path (staged copy, zero-copy, HBM cache hits, HBM regions) must give exactly the CPU
+// backend's rows and BF16, DEAD positions zeroed; graph replay must equal eager execution.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "../store_util.hpp"
+#include "engram/gpu/device.hpp"
+#include "engram/gpu/host_memory.hpp"
+#include "engram/gpu/working_set.hpp"
+
+namespace engram::gpu {
+namespace {
+
+using prefetch::SequenceInput;
+using prefetch::StepId;
+
+constexpr double kScale = 0.0001;
+
+using Fixture = test::IngestedStore;
+
+std::unique_ptr<Fixture> MakeStore() { return test::MakeIngestedStore("deepseek-v4.1-flash", kScale); }
+
+// One step of the workload: per sequence, the tokens appended and their DEAD flags.
+struct StepInput {
+  std::vector<std::vector<std::int32_t>> tokens;
+  std::vector<std::vector<std::uint8_t>> dead;
+};
+
+// 6 sequences from the Brown trace: a 48-token prefill, then 40 decode steps; every 7th decode step
+// marks one sequence's token DEAD.
+std::vector<StepInput> Workload() {
+  const auto& all = test::BrownCompressed();
+  constexpr std::size_t kSeqs = 6, kPrefill = 48, kDecode = 40;
+  std::vector<StepInput> steps;
+  for (std::size_t s = 0; s <= kDecode; ++s) {
+    StepInput in;
+    for (std::size_t q = 0; q < kSeqs; ++q) {
+      const std::size_t base = 5000 + q * 3000;
+      const std::size_t begin = s == 0 ? 0 : kPrefill + s - 1;
+      const std::size_t len = s == 0 ? kPrefill : 1;
+      in.tokens.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(base + begin),
+                             all.begin() + static_cast<std::ptrdiff_t>(base + begin + len));
+      std::vector<std::uint8_t> d(len, 0);
+      if (s > 0 && s % 7 == 0 && q == s % kSeqs) d[0] = 1;
+      in.dead.push_back(std::move(d));
+    }
+    steps.push_back(std::move(in));
+  }
+  return steps;
+}
+
+struct LayerBytes {
+  std::vector<std::byte> rows;
+  std::vector<std::uint16_t> bf16;
+};
+
+// The CPU backend's outputs for every step and layer.
+std::vector<std::vector<LayerBytes>> CpuOutputs(Fixture& f, const std::vector<StepInput>& steps) {
+  auto p = prefetch::Prefetcher::Create(*f.store, f.version, nullptr);
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  std::vector<SequenceId> ids;
+  for (std::size_t q = 0; q < steps[0].tokens.size(); ++q) ids.push_back(*(*p)->CreateSequence());
+  std::vector<std::vector<LayerBytes>> out;
+  for (const auto& in : steps) {
+    std::vector<SequenceInput> batch;
+    for (std::size_t q = 0; q < ids.size(); ++q) batch.push_back({ids[q], in.tokens[q], in.dead[q]});
+    auto sid = (*p)->Submit(batch);
+    EXPECT_TRUE(sid.ok()) << sid.status().ToString();
+    std::vector<LayerBytes> layers;
+    for (int l = 0; l < f.store->layout().num_layers(); ++l) {
+      EXPECT_TRUE((*p)->Wait(*sid, l).ok());
+      auto o = (*p)->Output(*sid, l);
+      EXPECT_TRUE(o.ok());
+      const auto n = static_cast<std::size_t>(o->tokens) * static_cast<std::size_t>(o->columns);
+      LayerBytes b;
+      b.rows.assign(o->rows, o->rows + n * o->row_bytes);
+      b.bf16.assign(o->bf16, o->bf16 + n * o->dim);
+      layers.push_back(std::move(b));
+    }
+    EXPECT_TRUE((*p)->Finish(*sid).ok());
+    out.push_back(std::move(layers));
+  }
+  return out;
+}
+
+// Pinned host memory for copies out of the device (a pageable copy would block the calling thread).
+template <typename T>
+struct Pinned {
+  T* p = nullptr;
+  std::size_t n = 0;
+  explicit Pinned(std::size_t count) : n(count) {
+    EXPECT_EQ(cudaMallocHost(reinterpret_cast<void**>(&p), std::max<std::size_t>(count, 1) * sizeof(T)), cudaSuccess);
+  }
+  ~Pinned() { cudaFreeHost(p); }
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+};
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess); }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+
+// Runs the workload eagerly through `ws` (Wait, copy out, Done on one stream) and compares every layer
+// of every step with the CPU backend.
+void RunAndCompare(WorkingSet& ws, const std::vector<StepInput>& steps,
+                   const std::vector<std::vector<LayerBytes>>& expect) {
+  Stream stream;
+  std::vector<SequenceId> ids;
+  for (std::size_t q = 0; q < steps[0].tokens.size(); ++q) ids.push_back(*ws.CreateSequence());
+  const int layers = ws.layout().num_layers();
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    std::vector<SequenceInput> batch;
+    for (std::size_t q = 0; q < ids.size(); ++q) batch.push_back({ids[q], steps[s].tokens[q], steps[s].dead[q]});
+    auto sid = ws.Submit(batch);
+    ASSERT_TRUE(sid.ok()) << sid.status().ToString();
+    for (int l = 0; l < layers; ++l) {
+      ASSERT_TRUE(ws.Wait(*sid, l, stream.s).ok());
+      ASSERT_TRUE(ws.LayerStatus(*sid, l).ok());
+      auto o = ws.Output(*sid, l);
+      ASSERT_TRUE(o.ok()) << o.status().ToString();
+      const auto& e = expect[s][static_cast<std::size_t>(l)];
+      Pinned<std::byte> rows(e.rows.size());
+      Pinned<std::uint16_t> bf16(e.bf16.size());
+      ASSERT_EQ(static_cast<std::size_t>(o->tokens) * o->columns * o->row_bytes, rows.n);
+      ASSERT_EQ(cudaMemcpyAsync(rows.p, o->rows, rows.n, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+      ASSERT_EQ(cudaMemcpyAsync(bf16.p, o->bf16, bf16.n * 2, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+      ASSERT_TRUE(ws.Done(*sid, l, stream.s).ok());
+      ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+      ASSERT_EQ(std::memcmp(rows.p, e.rows.data(), rows.n), 0) << "step " << s << " layer " << l;
+      ASSERT_EQ(std::memcmp(bf16.p, e.bf16.data(), bf16.n * 2), 0) << "step " << s << " layer " << l;
+    }
+    ASSERT_TRUE(ws.Finish(*sid).ok());
+  }
+}
+
+class WorkingSetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dev = CurrentDevice();
+    if (!dev.ok()) GTEST_SKIP() << "skipped: no usable GPU: " << dev.status().ToString();
+    ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+    f_ = MakeStore();
+    steps_ = Workload();
+    expect_ = CpuOutputs(*f_, steps_);
+  }
+  std::unique_ptr<memory::HostTier> ResidentTier() {
+    auto reg = MakeCudaHostRegistrar();
+    EXPECT_TRUE(reg.ok());
+    registrar_ = std::move(*reg);
+    memory::HostTierOptions ho;
+    ho.resident = memory::ResidentRegions::kAll;
+    ho.arena.huge_pages = memory::HugePages::kNone;
+    ho.arena.registrar = registrar_.get();
+    auto host = memory::HostTier::Create(f_->store->layout(), ho);
+    EXPECT_TRUE(host.ok()) << host.status().ToString();
+    EXPECT_TRUE((*host)->LoadResident(*f_->store, f_->version).ok());
+    return std::move(*host);
+  }
+  std::unique_ptr<WorkingSet> Make(memory::HostTier* host, WorkingSetOptions o) {
+    o.max_tokens = 512;
+    o.prefetch.staging_bytes = 64ULL << 20;
+    auto ws = WorkingSet::Create(*f_->store, f_->version, host, o);
+    EXPECT_TRUE(ws.ok()) << ws.status().ToString();
+    return ws.ok() ? std::move(*ws) : nullptr;
+  }
+
+  std::unique_ptr<Fixture> f_;
+  std::vector<StepInput> steps_;
+  std::vector<std::vector<LayerBytes>> expect_;
+  std::unique_ptr<memory::HostRegistrar> registrar_;
+};
+
+TEST_F(WorkingSetTest, StagedPathWithoutCacheMatchesTheCpuBackend) {
+  WorkingSetOptions o;
+  o.cache_bytes = 0;
+  o.path = MissPath::kStaged;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  const auto st = ws->stats();
+  EXPECT_EQ(st.cache_hits, 0U);
+  EXPECT_GT(st.staged_rows, 0U);
+  EXPECT_EQ(st.layers, steps_.size() * 2);
+}
+
+TEST_F(WorkingSetTest, CacheHitsAndEvictionsMatchTheCpuBackend) {
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;  // ~700 slots: the workload reads more distinct rows, so rows are evicted
+  o.path = MissPath::kStaged;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  const auto st = ws->stats();
+  EXPECT_GT(st.cache_hits, 0U);
+  EXPECT_GT(st.evictions, 0U);
+  EXPECT_LE(st.cache_held, st.cache_slots);
+}
+
+TEST_F(WorkingSetTest, ManyEvictionsRebuildTheDeviceTableAndStillMatch) {
+  WorkingSetOptions o;
+  o.cache_bytes = 32ULL << 10;  // ~90 slots: the table is compacted often
+  o.path = MissPath::kStaged;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  EXPECT_GT(ws->stats().table_rebuilds, 0U);
+}
+
+TEST_F(WorkingSetTest, ZeroCopyPathMatchesTheCpuBackend) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.path = MissPath::kZeroCopy;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  const auto st = ws->stats();
+  EXPECT_EQ(st.path, MissPath::kZeroCopy);
+  EXPECT_GT(st.zero_copy_rows, 0U);
+  EXPECT_EQ(st.staged_rows, 0U);
+}
+
+TEST_F(WorkingSetTest, AutoPathMeasuresBothAndMatches) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.path = MissPath::kAuto;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  const auto st = ws->stats();
+  EXPECT_GT(st.staged_rows_per_second, 0);
+  EXPECT_GT(st.zero_copy_rows_per_second, 0);
+  EXPECT_NE(st.path_reason.find("measured"), std::string::npos) << st.path_reason;
+  RunAndCompare(*ws, steps_, expect_);
+}
+
+TEST_F(WorkingSetTest, HbmRegionsServeTheirRowsAndMatch) {
+  WorkingSetOptions o;
+  o.cache_bytes = 0;
+  o.path = MissPath::kStaged;
+  for (int c = 0; c < f_->store->layout().columns(); ++c) o.hbm_regions.push_back({0, c});
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  const auto st = ws->stats();
+  EXPECT_GT(st.hbm_region_hits, 0U);
+  EXPECT_GT(st.hbm_region_rows, 0U);
+  EXPECT_GT(st.staged_rows, 0U);  // layer 1 is not held
+}
+
+TEST_F(WorkingSetTest, AConfigurationOverTheDeviceBudgetIsRefusedBeforeAllocating) {
+  size_t free0 = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+  WorkingSetOptions o;
+  o.cache_bytes = 64ULL << 20;
+  o.device_budget_bytes = 32ULL << 20;
+  o.max_tokens = 512;
+  auto ws = WorkingSet::Create(*f_->store, f_->version, nullptr, o);
+  ASSERT_FALSE(ws.ok());
+  EXPECT_EQ(ws.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(ws.status().message().find("device_budget_bytes"), std::string::npos) << ws.status().ToString();
+}
+
+TEST_F(WorkingSetTest, DeviceMemoryStaysWithinTheBudget) {
+  WorkingSetOptions o;
+  o.cache_bytes = 8ULL << 20;
+  o.device_budget_bytes = 64ULL << 20;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  EXPECT_LE(ws->stats().device_bytes, o.device_budget_bytes);
+}
+
+TEST_F(WorkingSetTest, DeviceLookupAgreesWithTheCachedRows) {
+  WorkingSetOptions o;
+  o.cache_bytes = 64ULL << 20;                       // holds every row the workload reads
+  o.policy.kind = memory::RowCachePolicyKind::kLru;  // admits every miss: nothing read is left out
+  o.path = MissPath::kStaged;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  // The rows of the last prefill, hashed on the host: every one must be found, holding its bytes.
+  const Layout& layout = ws->layout();
+  std::vector<std::int64_t> rows = test::ReferenceRows(layout, 1, steps_[0].tokens[0]);
+  rows.push_back(layout.layer_rows(1) - 1);  // almost surely never read
+  const auto n = static_cast<std::uint32_t>(rows.size());
+  std::int64_t* d_rows = nullptr;
+  std::int32_t* d_slots = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_rows), n * 8), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_slots), n * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_rows, rows.data(), n * 8, cudaMemcpyHostToDevice), cudaSuccess);
+  Stream stream;
+  ASSERT_TRUE(ws->LookupAsync(1, d_rows, n, d_slots, stream.s).ok());
+  std::vector<std::int32_t> slots(n);
+  ASSERT_EQ(cudaMemcpyAsync(slots.data(), d_slots, n * 4, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+  const auto expect = test::ExpectedRows(layout, 1, rows);
+  for (std::uint32_t i = 0; i + 1 < n; ++i) {
+    ASSERT_GE(slots[i], 0) << "row " << rows[i] << " not found on the device";
+    std::vector<std::byte> got(layout.row_bytes());
+    ASSERT_EQ(cudaMemcpy(got.data(), ws->CacheSlotRow(slots[i]), got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(std::memcmp(got.data(), expect.data() + static_cast<std::size_t>(i) * layout.row_bytes(), got.size()), 0)
+        << "row " << rows[i];
+  }
+  EXPECT_EQ(slots[n - 1], -1);
+  cudaFree(d_rows);
+  cudaFree(d_slots);
+}
+
+TEST_F(WorkingSetTest, WaitingOnASlotNotReleasedIsAnError) {
+  WorkingSetOptions o;
+  o.steps_in_flight = 2;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  Stream stream;
+  auto seq = *ws->CreateSequence();
+  std::vector<StepId> ids;
+  for (int s = 0; s < 3; ++s) {
+    std::vector<SequenceInput> batch{{seq, steps_[1].tokens[0], {}}};
+    auto sid = ws->Submit(batch);
+    ASSERT_TRUE(sid.ok());
+    ids.push_back(*sid);
+  }
+  ASSERT_TRUE(ws->Wait(ids[0], 0, stream.s).ok());  // step 1 layer 0 waited, never Done
+  const Status st = ws->Wait(ids[2], 0, stream.s);  // step 3 uses step 1's slot
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  ASSERT_TRUE(ws->Done(ids[0], 0, stream.s).ok());
+  EXPECT_TRUE(ws->Wait(ids[2], 0, stream.s).ok());
+  for (StepId id : ids) {
+    for (int l = 0; l < 2; ++l) {
+      if (!(id == ids[0] && l == 0) && !(id == ids[2] && l == 0)) ASSERT_TRUE(ws->Wait(id, l, stream.s).ok());
+      ASSERT_TRUE(ws->Done(id, l, stream.s).ok());
+    }
+    ASSERT_TRUE(ws->Finish(id).ok());
+  }
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+}
+
+TEST_F(WorkingSetTest, GraphReplayOfTheConsumingSideEqualsEagerResults) {
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.steps_in_flight = 2;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  const int layers = ws->layout().num_layers();
+  // Decode steps only (fixed shape): 6 sequences x 1 token. The consumer copies each layer's BF16 output
+  // into its own buffer; one graph per slot, captured once, replayed for every step in that slot.
+  const std::size_t per_layer = 6 * 24 * 256;
+  std::uint16_t* consumed = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&consumed), per_layer * 2 * layers), cudaSuccess);
+  Stream stream;
+  cudaGraphExec_t exec[2] = {nullptr, nullptr};
+  for (std::uint32_t slot = 0; slot < 2; ++slot) {
+    cudaGraph_t g = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    for (int l = 0; l < layers; ++l) {
+      ASSERT_TRUE(ws->WaitSlot(slot, l, stream.s).ok());
+      auto out = ws->SlotOutput(slot, l);
+      ASSERT_TRUE(out.ok());
+      ASSERT_EQ(cudaMemcpyAsync(consumed + per_layer * l, out->bf16, per_layer * 2, cudaMemcpyDeviceToDevice, stream.s),
+                cudaSuccess);
+      ASSERT_TRUE(ws->DoneSlot(slot, l, stream.s).ok());
+    }
+    ASSERT_EQ(cudaStreamEndCapture(stream.s, &g), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec[slot], g, 0), cudaSuccess);
+    cudaGraphDestroy(g);
+  }
+  std::vector<SequenceId> ids(6);
+  for (auto& id : ids) id = *ws->CreateSequence();
+  // Step 1 (the prefill) is consumed eagerly; decode steps by graph.
+  for (std::size_t s = 0; s < steps_.size(); ++s) {
+    std::vector<SequenceInput> batch;
+    for (std::size_t q = 0; q < ids.size(); ++q) batch.push_back({ids[q], steps_[s].tokens[q], steps_[s].dead[q]});
+    auto sid = ws->Submit(batch);
+    ASSERT_TRUE(sid.ok());
+    if (s == 0) {
+      for (int l = 0; l < layers; ++l) {
+        ASSERT_TRUE(ws->Wait(*sid, l, stream.s).ok());
+        ASSERT_TRUE(ws->Done(*sid, l, stream.s).ok());
+      }
+    } else {
+      ASSERT_EQ(cudaGraphLaunch(exec[ws->SlotOf(*sid)], stream.s), cudaSuccess);
+      Pinned<std::uint16_t> got(per_layer * layers);
+      ASSERT_EQ(cudaMemcpyAsync(got.p, consumed, got.n * 2, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+      for (int l = 0; l < layers; ++l) {
+        ASSERT_EQ(
+            std::memcmp(got.p + per_layer * l, expect_[s][static_cast<std::size_t>(l)].bf16.data(), per_layer * 2), 0)
+            << "step " << s << " layer " << l;
+      }
+    }
+    ASSERT_TRUE(ws->Finish(*sid).ok());
+  }
+  for (auto e : exec) cudaGraphExecDestroy(e);
+  cudaFree(consumed);
+}
+
+TEST_F(WorkingSetTest, ACorruptRowFailsItsLayerWithZerosAndLaterStepsAreServed) {
+  test::TempDir dir;
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kScale);
+  {
+    auto st = store::Store::Create(dir.File("store"), ck.layout, nullptr, store::StoreOptions{});
+    ASSERT_TRUE(st.ok());
+    auto c = store::Checkpoint::Open(ck.dir);
+    ASSERT_TRUE((*st)->Ingest(*c).ok());
+  }
+  test::FlipOneByte(dir.File("store"));
+  auto st = store::Store::Open(dir.File("store"));
+  ASSERT_TRUE(st.ok());
+  auto v = (*st)->Pin(1);
+  WorkingSetOptions o;
+  o.max_tokens = 4096;
+  o.cache_bytes = 1ULL << 20;
+  auto ws = WorkingSet::Create(**st, *v, nullptr, o);
+  ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+  Stream stream;
+  const auto& all = test::BrownCompressed();
+  const std::vector<std::int32_t> seq(all.begin() + 20000, all.begin() + 23000);
+  auto s1 = *(*ws)->CreateSequence();
+  auto sid = (*ws)->Submit(std::vector<SequenceInput>{{s1, seq, {}}});
+  ASSERT_TRUE(sid.ok());
+  Status failed;
+  int failed_layer = -1;
+  for (int l = 0; l < 2; ++l) {
+    ASSERT_TRUE((*ws)->Wait(*sid, l, stream.s).ok());  // never hangs, even for a failed layer
+    ASSERT_TRUE((*ws)->Done(*sid, l, stream.s).ok());
+    if (Status s = (*ws)->LayerStatus(*sid, l); !s.ok()) {
+      failed = s;
+      failed_layer = l;
+    }
+  }
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+  ASSERT_FALSE(failed.ok()) << "the step should have read the corrupt page";
+  EXPECT_EQ(failed.code(), StatusCode::kCorruption);
+  // The failed layer's output is zeros.
+  auto out = (*ws)->Output(*sid, failed_layer);
+  ASSERT_TRUE(out.ok());
+  std::vector<std::uint16_t> bf(static_cast<std::size_t>(out->tokens) * 24 * 256);
+  ASSERT_EQ(cudaMemcpy(bf.data(), out->bf16, bf.size() * 2, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_TRUE(std::all_of(bf.begin(), bf.end(), [](std::uint16_t x) { return x == 0; }));
+  ASSERT_TRUE((*ws)->Finish(*sid).ok());
+  // A short step whose rows avoid the corrupt page is served.
+  auto s2 = *(*ws)->CreateSequence();
+  const std::vector<std::int32_t> small(seq.begin(), seq.begin() + 2);
+  auto sid2 = (*ws)->Submit(std::vector<SequenceInput>{{s2, small, {}}});
+  ASSERT_TRUE(sid2.ok());
+  for (int l = 0; l < 2; ++l) {
+    ASSERT_TRUE((*ws)->Wait(*sid2, l, stream.s).ok());
+    ASSERT_TRUE((*ws)->Done(*sid2, l, stream.s).ok());
+    EXPECT_TRUE((*ws)->LayerStatus(*sid2, l).ok());
+  }
+  ASSERT_TRUE((*ws)->Finish(*sid2).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace engram::gpu
