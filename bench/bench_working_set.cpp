@@ -1,0 +1,522 @@
+// bench_working_set: the GPU working set on a store, driven by the real trace, with its raw baselines
+// measured in the same run:
+//   transfer: lookups delivered from a resident host tier (pinned, mapped) into the layers' device outputs
+//     per second, with no HBM cache (every distinct row crosses PCIe), by the staged and zero-copy paths;
+//     baselines on the same lookups: a plain CPU gather (same threads) into pinned memory + one
+//     cudaMemcpyAsync per layer, and a plain zero-copy gather kernel (one warp per row).
+//   hit: the same steps replayed with every row in the HBM cache; baseline: a plain device gather kernel
+//     of the same lookups from a device array (device time of the assembly vs the gather, and end to end).
+//   loop: decode steps (B sequences x 1 token) and prefill chunks (16,384 tokens) through the whole
+//     pipeline, with per-step time split into hashing, tier lookup, I/O, host gather, copy and assembly,
+//     and per layer the time from Submit until its output is on the device (what a layer needing its rows
+//     at once would wait), p50/p99.
+//
+//   bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop]
+//                     [--loop-host resident|cache] [--host-cache BYTES] [--hbm-cache BYTES]
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../core/percentile.hpp"
+#include "../core/thread_pool.hpp"
+#include "../gpu/working_set_kernels.hpp"
+#include "bench_data.hpp"
+#include "engram/gpu/host_memory.hpp"
+#include "engram/gpu/working_set.hpp"
+#include "engram/hasher.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using engram::detail::Percentile;
+namespace gpu = engram::gpu;
+namespace memory = engram::memory;
+namespace prefetch = engram::prefetch;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+#define CK(expr)                                                                                   \
+  do {                                                                                             \
+    const cudaError_t e_ = (expr);                                                                 \
+    if (e_ != cudaSuccess) {                                                                       \
+      std::fprintf(stderr, "%s: %s (%s:%d)\n", #expr, cudaGetErrorString(e_), __FILE__, __LINE__); \
+      std::exit(1);                                                                                \
+    }                                                                                              \
+  } while (0)
+
+template <typename T>
+T Must(engram::Result<T> r, const char* what) {
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, r.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*r);
+}
+void Must(const engram::Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+struct Args {
+  std::string store;
+  std::uint32_t threads = 16;
+  double seconds = 2;
+  std::string sections = "transfer,hit,loop";
+  std::string loop_host = "resident";
+  std::uint64_t host_cache = 4ULL << 30;
+  std::uint64_t hbm_cache = 1ULL << 30;
+};
+
+struct Shape {
+  std::string name;
+  std::size_t sequences;
+  std::size_t tokens;
+};
+
+// The steps of a shape: sequences walk consecutive parts of the trace.
+struct Steps {
+  std::vector<std::vector<std::vector<std::int32_t>>> tokens;  // [step][sequence]
+};
+
+Steps MakeSteps(const Shape& sh, const std::vector<std::int32_t>& ids, std::size_t count) {
+  Steps s;
+  const std::size_t stride = ids.size() / sh.sequences;
+  for (std::size_t k = 0; k < count; ++k) {
+    std::vector<std::vector<std::int32_t>> step;
+    const std::size_t pos = (k * sh.tokens) % (stride - sh.tokens);
+    for (std::size_t q = 0; q < sh.sequences; ++q) {
+      const auto b = ids.begin() + static_cast<std::ptrdiff_t>(q * stride + pos);
+      step.emplace_back(b, b + static_cast<std::ptrdiff_t>(sh.tokens));
+    }
+    s.tokens.push_back(std::move(step));
+  }
+  return s;
+}
+
+// Row ids of every lookup of every step and layer, as fresh sequences see them: [step][layer][lookup].
+std::vector<std::vector<std::vector<std::int64_t>>> HashSteps(const engram::Layout& layout, const Steps& s) {
+  std::vector<engram::LayerHasher> h;
+  h.reserve(static_cast<std::size_t>(layout.num_layers()));
+  for (int l = 0; l < layout.num_layers(); ++l) h.push_back(Must(engram::LayerHasher::Create(layout, l), "hasher"));
+  std::vector<std::vector<std::vector<std::int64_t>>> out;
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  for (const auto& step : s.tokens) {
+    std::vector<std::vector<std::int64_t>> per_layer;
+    for (int l = 0; l < layout.num_layers(); ++l) {
+      std::vector<std::int64_t> rows;
+      for (const auto& seq : step) {
+        std::vector<std::int64_t> r(seq.size() * cols);
+        Must(engram::HashFreshSequences(h[static_cast<std::size_t>(l)], seq, 0, r), "hash");
+        rows.insert(rows.end(), r.begin(), r.end());
+      }
+      per_layer.push_back(std::move(rows));
+    }
+    out.push_back(std::move(per_layer));
+  }
+  return out;
+}
+
+struct RunResult {
+  double lookups_per_s = 0;
+  std::uint64_t steps = 0;
+  std::vector<std::vector<double>> ready_s;  // per layer: Submit -> output on the device
+  gpu::WorkingSetStats before, after;
+};
+
+// Runs `steps` (cycled) through the working set for `seconds` (and at least min_steps steps). The consumer
+// stream waits per layer and releases at once. depth 1: each step is waited for on the host before the
+// next is submitted (ready = Submit -> output on the device); depth 2: step k+1 is submitted before step k
+// is waited for (double buffering: what an engine does; ready times then include the overlap).
+RunResult Drive(gpu::WorkingSet& ws, const Steps& steps, double seconds, bool fresh_each_step, std::size_t min_steps,
+                int depth) {
+  const int layers = ws.layout().num_layers();
+  cudaStream_t stream = nullptr;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  std::vector<cudaEvent_t> ev(static_cast<std::size_t>(layers) * 2);
+  for (auto& e : ev) CK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  RunResult r;
+  r.ready_s.resize(static_cast<std::size_t>(layers));
+  r.before = ws.stats();
+  std::vector<engram::SequenceId> seqs;
+  std::uint64_t lookups = 0;
+  struct InFlight {
+    prefetch::StepId id;
+    Clock::time_point submitted;
+    std::size_t events;  // first of its layers' events
+  };
+  std::deque<InFlight> q;
+  auto retire = [&] {
+    const InFlight f = q.front();
+    q.pop_front();
+    for (int l = 0; l < layers; ++l) {
+      CK(cudaEventSynchronize(ev[f.events + static_cast<std::size_t>(l)]));
+      r.ready_s[static_cast<std::size_t>(l)].push_back(Since(f.submitted));
+    }
+    Must(ws.Finish(f.id), "finish");
+  };
+  const auto t0 = Clock::now();
+  std::size_t k = 0;
+  while (Since(t0) < seconds || k < min_steps) {
+    const auto& step = steps.tokens[k % steps.tokens.size()];
+    if (fresh_each_step || seqs.empty()) {
+      for (auto s : seqs) (void)ws.Release(s);
+      seqs.clear();
+      for (std::size_t q2 = 0; q2 < step.size(); ++q2) seqs.push_back(Must(ws.CreateSequence(), "sequence"));
+    }
+    std::vector<prefetch::SequenceInput> batch;
+    for (std::size_t q2 = 0; q2 < step.size(); ++q2) batch.push_back({seqs[q2], step[q2], {}});
+    const auto s0 = Clock::now();
+    const auto sid = Must(ws.Submit(batch), "submit");
+    const std::size_t e0 = (k % 2) * static_cast<std::size_t>(layers);
+    for (int l = 0; l < layers; ++l) {
+      Must(ws.Wait(sid, l, stream), "wait");
+      CK(cudaEventRecord(ev[e0 + static_cast<std::size_t>(l)], stream));
+      Must(ws.Done(sid, l, stream), "done");
+    }
+    q.push_back({sid, s0, e0});
+    while (static_cast<int>(q.size()) >= depth) retire();
+    std::size_t n = 0;
+    for (const auto& t : step) n += t.size();
+    lookups += n * static_cast<std::size_t>(ws.layout().columns() * layers);
+    ++k;
+  }
+  while (!q.empty()) retire();
+  CK(cudaStreamSynchronize(stream));
+  r.lookups_per_s = static_cast<double>(lookups) / Since(t0);
+  r.steps = k;
+  // Let the finisher account the last steps' device times.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  r.after = ws.stats();
+  for (auto e : ev) cudaEventDestroy(e);
+  cudaStreamDestroy(stream);
+  return r;
+}
+
+// Baseline 1: CPU gather of every lookup (same threads) into pinned memory + one copy per layer.
+double CpuGatherCopy(const memory::HostTier& host, const engram::Layout& layout,
+                     const std::vector<std::vector<std::vector<std::int64_t>>>& rows, std::uint32_t threads,
+                     double seconds) {
+  const std::size_t rb = layout.row_bytes();
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  std::size_t most = 0;
+  for (const auto& s : rows) {
+    for (const auto& l : s) most = std::max(most, l.size());
+  }
+  void* pinned = nullptr;
+  void* dev = nullptr;
+  CK(cudaHostAlloc(&pinned, most * rb * 2, cudaHostAllocDefault));
+  CK(cudaMalloc(&dev, most * rb * 2));
+  cudaStream_t st = nullptr;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t done[2];
+  for (auto& e : done) CK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  engram::detail::ThreadPool pool(std::max<std::uint32_t>(threads, 1) - 1);
+  std::uint64_t n = 0;
+  std::size_t k = 0, half = 0;
+  const auto t0 = Clock::now();
+  while (Since(t0) < seconds || k < 3) {
+    const auto& step = rows[k % rows.size()];
+    for (std::size_t l = 0; l < step.size(); ++l) {
+      const auto& r = step[l];
+      auto* out = static_cast<std::byte*>(pinned) + half * most * rb;
+      CK(cudaEventSynchronize(done[half]));  // the copy from this half is done
+      constexpr std::size_t kChunk = 4096;
+      pool.ParallelFor((r.size() + kChunk - 1) / kChunk, [&](std::size_t c) {
+        for (std::size_t i = c * kChunk; i < std::min(r.size(), (c + 1) * kChunk); ++i) {
+          std::memcpy(out + i * rb, host.ResidentRow(static_cast<int>(l), static_cast<int>(i % cols), r[i]), rb);
+        }
+      });
+      CK(cudaMemcpyAsync(static_cast<std::byte*>(dev) + half * most * rb, out, r.size() * rb, cudaMemcpyHostToDevice,
+                         st));
+      CK(cudaEventRecord(done[half], st));
+      half ^= 1;
+      n += r.size();
+    }
+    ++k;
+  }
+  CK(cudaStreamSynchronize(st));
+  const double rate = static_cast<double>(n) / Since(t0);
+  for (auto e : done) cudaEventDestroy(e);
+  cudaStreamDestroy(st);
+  cudaFree(dev);
+  cudaFreeHost(pinned);
+  return rate;
+}
+
+// Baseline 2 (zero-copy) and the HBM baseline: a plain gather kernel over per-lookup source addresses.
+double KernelGather(const std::vector<std::vector<std::uint64_t>>& srcs_per_layer_step, std::uint32_t row_bytes,
+                    double seconds) {
+  std::size_t most = 0;
+  for (const auto& s : srcs_per_layer_step) most = std::max(most, s.size());
+  std::vector<std::uint64_t*> d_src(srcs_per_layer_step.size());
+  for (std::size_t i = 0; i < d_src.size(); ++i) {
+    CK(cudaMalloc(reinterpret_cast<void**>(&d_src[i]), std::max<std::size_t>(8, srcs_per_layer_step[i].size() * 8)));
+    CK(cudaMemcpy(d_src[i], srcs_per_layer_step[i].data(), srcs_per_layer_step[i].size() * 8, cudaMemcpyHostToDevice));
+  }
+  std::byte* out = nullptr;
+  CK(cudaMalloc(reinterpret_cast<void**>(&out), most * row_bytes));
+  cudaStream_t st = nullptr;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  double best = 0;
+  const auto t0 = Clock::now();
+  while (Since(t0) < seconds) {
+    std::uint64_t n = 0;
+    CK(cudaEventRecord(e0, st));
+    for (std::size_t i = 0; i < d_src.size(); ++i) {
+      Must(gpu::kernels::LaunchGather(d_src[i], srcs_per_layer_step[i].size(), out, row_bytes, st), "gather");
+      n += srcs_per_layer_step[i].size();
+    }
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    best = std::max(best, static_cast<double>(n) / (ms / 1e3));
+  }
+  for (auto p : d_src) cudaFree(p);
+  cudaFree(out);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(st);
+  return best;
+}
+
+std::unique_ptr<gpu::WorkingSet> MakeWs(const engram::store::Store& store, const engram::store::VersionHandle& v,
+                                        memory::HostTier* host, gpu::MissPath path, std::uint64_t cache,
+                                        std::uint32_t threads, std::int64_t max_tokens, bool bf16 = true) {
+  gpu::WorkingSetOptions o;
+  o.bf16_output = bf16;
+  o.path = path;
+  o.cache_bytes = cache;
+  o.max_tokens = max_tokens;
+  o.prefetch.gather_threads = threads;
+  o.prefetch.staging_bytes = 2ULL << 30;
+  return Must(gpu::WorkingSet::Create(store, v, host, o), "working set");
+}
+
+void PrintSplit(const char* name, const RunResult& r, int layers) {
+  const auto& a = r.after;
+  const auto& b = r.before;
+  double hash = 0, lookup = 0, disk = 0, gather = 0;
+  for (std::size_t l = 0; l < a.host.layers.size(); ++l) {
+    hash += a.host.layers[l].hash_seconds - b.host.layers[l].hash_seconds;
+    lookup += a.host.layers[l].lookup_seconds - b.host.layers[l].lookup_seconds;
+    disk += a.host.layers[l].disk_seconds - b.host.layers[l].disk_seconds;
+    gather += a.host.layers[l].gather_seconds - b.host.layers[l].gather_seconds;
+  }
+  const double n = static_cast<double>(r.steps);
+  const double us = 1e6 / n;
+  std::printf("%-26s %6.0f %9.3g  %7.0f %7.0f %7.0f %7.0f %7.0f %7.0f", name, n, r.lookups_per_s, hash * us,
+              lookup * us, disk * us, gather * us, (a.copy_seconds - b.copy_seconds) * us,
+              (a.assemble_seconds - b.assemble_seconds) * us);
+  for (int l = 0; l < layers; ++l) {
+    auto v = r.ready_s[static_cast<std::size_t>(l)];
+    std::printf("  L%d %7.0f/%7.0f", l, 1e6 * Percentile(v, 0.5), 1e6 * Percentile(v, 0.99));
+  }
+  const double hits = static_cast<double>((a.cache_hits - b.cache_hits));
+  const double all =
+      hits + static_cast<double>((a.staged_rows - b.staged_rows) + (a.zero_copy_rows - b.zero_copy_rows) +
+                                 (a.hbm_region_hits - b.hbm_region_hits));
+  std::printf("  hbm hit %4.1f%%\n", all > 0 ? 100 * hits / all : 0.0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const std::string v = argv[i + 1];
+    if (k == "--store")
+      a.store = v;
+    else if (k == "--threads")
+      a.threads = static_cast<std::uint32_t>(std::stoul(v));
+    else if (k == "--seconds")
+      a.seconds = std::stod(v);
+    else if (k == "--sections")
+      a.sections = v;
+    else if (k == "--loop-host")
+      a.loop_host = v;
+    else if (k == "--host-cache")
+      a.host_cache = std::stoull(v);
+    else if (k == "--hbm-cache")
+      a.hbm_cache = std::stoull(v);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (a.store.empty()) {
+    std::fprintf(stderr,
+                 "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
+                 "[--loop-host resident|cache] [--host-cache BYTES] [--hbm-cache BYTES]\n");
+    return 2;
+  }
+  auto store = Must(engram::store::Store::Open(a.store), "open store");
+  const engram::Layout& layout = store->layout();
+  auto v = Must(store->Pin(Must(store->Latest(), "latest")), "pin");
+  const auto ids = engram::bench::LoadTraceCompressed();
+  const auto dev = Must(gpu::CurrentDevice(), "GPU");
+  const int layers = layout.num_layers();
+  std::printf("store %s (%s, %u B rows), GPU %s, %u host threads, %.1f s per point\n", a.store.c_str(),
+              layout.name().c_str(), layout.row_bytes(), dev.name.c_str(), a.threads, a.seconds);
+
+  auto registrar = Must(gpu::MakeCudaHostRegistrar(), "registrar");
+  std::unique_ptr<memory::HostTier> resident;
+  auto need_resident = [&] {
+    if (resident) return;
+    memory::HostTierOptions ho;
+    ho.resident = memory::ResidentRegions::kAll;
+    ho.arena.registrar = registrar.get();
+    resident = Must(memory::HostTier::Create(layout, ho), "host tier");
+    const auto t0 = Clock::now();
+    Must(resident->LoadResident(*store, v), "load");
+    std::printf("resident host tier: %.2f GiB loaded and pinned in %.1f s (%s pages)\n",
+                static_cast<double>(resident->stats().resident_bytes) / (1 << 30), Since(t0),
+                std::string(memory::PagePathName(resident->arena_report().path)).c_str());
+  };
+  std::vector<std::pair<std::string, RunResult>> transfer_splits;
+  const std::vector<Shape> shapes = {{"decode B=64", 64, 1}, {"decode B=256", 256, 1}, {"prefill 16384", 1, 16384}};
+
+  if (a.sections.find("transfer") != std::string::npos) {
+    need_resident();
+    std::printf(
+        "\n== transfer: host tier -> device outputs (rows), no HBM cache, 2 steps in flight (lookups/s; "
+        "baselines on the same lookups)\n");
+    std::printf("%-16s %12s %12s %12s %12s %8s %8s\n", "shape", "cpu+copy", "zero-copy k", "ws staged", "ws zero-copy",
+                "best/bl", "target");
+    std::vector<std::pair<std::string, RunResult>> splits;
+    for (const auto& sh : shapes) {
+      const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 6 : 64);
+      const auto rows = HashSteps(layout, steps);
+      const double cpu = CpuGatherCopy(*resident, layout, rows, a.threads, a.seconds);
+      std::vector<std::vector<std::uint64_t>> zsrc;
+      for (const auto& s : rows) {
+        for (std::size_t l = 0; l < s.size(); ++l) {
+          std::vector<std::uint64_t> v2(s[l].size());
+          for (std::size_t i = 0; i < s[l].size(); ++i) {
+            const auto* p = resident->ResidentRow(static_cast<int>(l), static_cast<int>(i % layout.columns()), s[l][i]);
+            v2[i] = reinterpret_cast<std::uint64_t>(Must(gpu::MappedDevicePointer(const_cast<std::byte*>(p)), "map"));
+          }
+          zsrc.push_back(std::move(v2));
+        }
+      }
+      const double zk = KernelGather(zsrc, layout.row_bytes(), a.seconds);
+      const auto max_tokens = static_cast<std::int64_t>(sh.sequences * sh.tokens);
+      // Rows only, as the baselines.
+      auto ws1 = MakeWs(*store, v, resident.get(), gpu::MissPath::kStaged, 0, a.threads, max_tokens, false);
+      const RunResult r1 = Drive(*ws1, steps, a.seconds, sh.tokens > 1, 3, 2);
+      ws1.reset();
+      auto ws2 = MakeWs(*store, v, resident.get(), gpu::MissPath::kZeroCopy, 0, a.threads, max_tokens, false);
+      const RunResult r2 = Drive(*ws2, steps, a.seconds, sh.tokens > 1, 3, 2);
+      ws2.reset();
+      const double best = std::max(r1.lookups_per_s, r2.lookups_per_s);
+      std::printf("%-16s %12.4g %12.4g %12.4g %12.4g %7.0f%% %8s\n", sh.name.c_str(), cpu, zk, r1.lookups_per_s,
+                  r2.lookups_per_s, 100 * best / std::max(cpu, zk), ">=85%");
+      splits.push_back({sh.name + " staged", r1});
+      splits.push_back({sh.name + " zero-copy", r2});
+    }
+    transfer_splits = std::move(splits);
+  }
+
+  if (!transfer_splits.empty()) {
+    std::printf(
+        "\nper step (us), 2 steps in flight; ready includes the overlap\n%-26s %6s %9s  %7s %7s %7s %7s %7s %7s\n",
+        "transfer run", "steps", "lookups/s", "hash", "lookup", "io", "gather", "copy", "asm");
+    for (const auto& [name, r] : transfer_splits) PrintSplit(name.c_str(), r, layers);
+  }
+
+  if (a.sections.find("hit") != std::string::npos) {
+    std::printf(
+        "\n== hit: every row in the HBM cache, rows output only (lookups/s end to end; device time of the "
+        "assembly vs a plain device gather of the same lookups)\n");
+    std::printf("%-16s %12s %12s %12s %12s %8s\n", "shape", "ws e2e", "ws assembly", "plain gather", "asm/gather",
+                "target");
+    for (const auto& sh : shapes) {
+      const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 2 : 16);
+      const auto max_tokens = static_cast<std::int64_t>(sh.sequences * sh.tokens);
+      auto ws = MakeWs(*store, v, nullptr, gpu::MissPath::kStaged, a.hbm_cache, a.threads, max_tokens, false);
+      // Warm: every step twice (rows admitted), then measured passes (fresh sequences: the same rows).
+      (void)Drive(*ws, steps, 0, true, steps.tokens.size(), 1);
+      (void)Drive(*ws, steps, 0, true, steps.tokens.size(), 1);
+      const RunResult r = Drive(*ws, steps, a.seconds, true, 3, 2);
+      const double hits = static_cast<double>(r.after.cache_hits - r.before.cache_hits);
+      const double staged = static_cast<double>(r.after.staged_rows - r.before.staged_rows);
+      const double asm_s = r.after.assemble_seconds - r.before.assemble_seconds;
+      // Lookups assembled per device second (the steps whose device time is accounted).
+      const double lookups =
+          static_cast<double>(r.steps) *
+          static_cast<double>(sh.sequences * sh.tokens * static_cast<std::size_t>(layout.columns() * layers));
+      const double asm_rate = asm_s > 0 ? lookups / asm_s : 0;
+      // Baseline: a device array of the same rows, gathered by per-lookup addresses.
+      const auto rows = HashSteps(layout, steps);
+      std::size_t most = 0;
+      for (const auto& s : rows) {
+        for (const auto& l : s) most = std::max(most, l.size());
+      }
+      std::byte* arr = nullptr;
+      CK(cudaMalloc(reinterpret_cast<void**>(&arr), most * layout.row_bytes()));
+      std::vector<std::vector<std::uint64_t>> srcs;
+      for (const auto& s : rows) {
+        for (const auto& l : s) {
+          std::vector<std::uint64_t> v2(l.size());
+          for (std::size_t i = 0; i < l.size(); ++i) {
+            v2[i] = reinterpret_cast<std::uint64_t>(arr + (static_cast<std::uint64_t>(l[i]) * 2654435761ULL % most) *
+                                                              layout.row_bytes());
+          }
+          srcs.push_back(std::move(v2));
+        }
+      }
+      const double plain = KernelGather(srcs, layout.row_bytes(), a.seconds);
+      cudaFree(arr);
+      std::printf("%-16s %12.4g %12.4g %12.4g %11.0f%% %8s   (hit %.1f%%)\n", sh.name.c_str(), r.lookups_per_s,
+                  asm_rate, plain, 100 * asm_rate / plain, ">=70%", 100 * hits / std::max(1.0, hits + staged));
+    }
+  }
+
+  if (a.sections.find("loop") != std::string::npos) {
+    std::unique_ptr<memory::HostTier> cache_tier;
+    memory::HostTier* host = nullptr;
+    if (a.loop_host == "resident") {
+      need_resident();
+      host = resident.get();
+    } else {
+      memory::HostTierOptions ho;
+      ho.cache_bytes = a.host_cache;
+      ho.arena.registrar = registrar.get();
+      cache_tier = Must(memory::HostTier::Create(layout, ho), "host tier");
+      host = cache_tier.get();
+    }
+    std::printf(
+        "\n== loop: host tier %s, HBM cache %.2f GiB, auto path; per step in us; ready = Submit -> "
+        "output on the device, p50/p99 us\n",
+        a.loop_host.c_str(), static_cast<double>(a.hbm_cache) / (1 << 30));
+    std::printf("%-26s %6s %9s  %7s %7s %7s %7s %7s %7s  ready per layer\n", "shape", "steps", "lookups/s", "hash",
+                "lookup", "io", "gather", "copy", "asm");
+    const std::vector<Shape> loop_shapes = {
+        {"decode B=1", 1, 1}, {"decode B=64", 64, 1}, {"decode B=256", 256, 1}, {"prefill 16384", 1, 16384}};
+    for (const auto& sh : loop_shapes) {
+      const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 16 : 4096);
+      auto ws = MakeWs(*store, v, host, gpu::MissPath::kAuto, a.hbm_cache, a.threads,
+                       static_cast<std::int64_t>(sh.sequences * sh.tokens));
+      // Sequences keep their history across steps (a real decode).
+      const RunResult r = Drive(*ws, steps, a.seconds, sh.tokens > 1, 3, 1);
+      PrintSplit(sh.name.c_str(), r, layers);
+      std::printf("%-16s path %s: %s\n", "", gpu::MissPathName(r.after.path), r.after.path_reason.c_str());
+    }
+  }
+  return 0;
+}
