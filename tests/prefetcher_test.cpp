@@ -22,7 +22,9 @@ constexpr double kScale = 0.0001;
 
 using Fixture = test::IngestedStore;
 
-std::unique_ptr<Fixture> MakeStore() { return test::MakeIngestedStore("deepseek-v4.1-flash", kScale); }
+std::unique_ptr<Fixture> MakeStore() {
+  return test::MakeIngestedStore("deepseek-v4.1-flash", kScale);
+}
 
 // A host tier on the fixture's store on 4 KiB pages: an 8 MiB row cache, or every region resident and
 // loaded.

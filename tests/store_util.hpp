@@ -30,7 +30,8 @@ struct IngestedStore {
   std::unique_ptr<store::Store> store;
   store::VersionHandle version;
 };
-std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale, std::uint32_t read_threads = 2);
+std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale,
+                                                 std::uint32_t read_threads = 2);
 
 // Flips one byte in the middle of the largest SST file in `store_dir` (inside a data block); returns its path.
 std::string FlipOneByte(const std::string& store_dir);

@@ -23,7 +23,9 @@ constexpr double kScale = 0.0001;
 
 using Fixture = test::IngestedStore;
 
-std::unique_ptr<Fixture> MakeStore() { return test::MakeIngestedStore("deepseek-v4.1-flash", kScale); }
+std::unique_ptr<Fixture> MakeStore() {
+  return test::MakeIngestedStore("deepseek-v4.1-flash", kScale);
+}
 
 // One step of the workload: per sequence, the tokens appended and their DEAD flags.
 struct StepInput {
