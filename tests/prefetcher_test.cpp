@@ -295,6 +295,36 @@ TEST(Prefetcher, DeadPositionsAreZeroed) {
   EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0);
 }
 
+TEST(Prefetcher, DeadPositionsInALongPrefillAreZeroedAndTheRestMatch) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  // 2,000 tokens x 24 columns: de-duplicated in hash partitions on the gather threads.
+  const auto seq = TraceSequences(1, 2000, 30000)[0];
+  std::vector<std::uint8_t> dead(seq.size(), 0);
+  for (std::size_t t = 3; t < dead.size(); t += 7) dead[t] = 1;
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*(*p)->CreateSequence(), seq, dead}});
+  ASSERT_TRUE(sid.ok());
+  const Layout& layout = f->store->layout();
+  for (int li = 0; li < 2; ++li) {
+    ASSERT_TRUE((*p)->Wait(*sid, li).ok());
+    auto out = (*p)->Output(*sid, li);
+    ASSERT_TRUE(out.ok());
+    const std::size_t per_token = static_cast<std::size_t>(out->columns) * out->row_bytes;
+    auto expect = test::ExpectedRows(layout, li, test::ReferenceRows(layout, li, seq, dead));
+    for (std::size_t t = 0; t < dead.size(); ++t) {
+      if (dead[t] != 0) {
+        std::fill(expect.begin() + static_cast<std::ptrdiff_t>(t * per_token),
+                  expect.begin() + static_cast<std::ptrdiff_t>((t + 1) * per_token), std::byte{0});
+      }
+    }
+    EXPECT_EQ(std::memcmp(out->rows, expect.data(), expect.size()), 0) << "layer " << li;
+  }
+  const auto st = (*p)->stats();
+  EXPECT_EQ(st.layers[0].lookups, (2000U - 286U) * 24U);  // DEAD positions are not looked up
+}
+
 TEST(Prefetcher, BadStepsAreRefusedAndChangeNothing) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
