@@ -345,6 +345,21 @@ TEST_F(WorkingSetTest, WaitingOnASlotNotReleasedIsAnError) {
   ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
 }
 
+TEST_F(WorkingSetTest, DestroyingWithStepsNeverConsumedReturns) {
+  WorkingSetOptions o;
+  o.steps_in_flight = 2;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  auto seq = *ws->CreateSequence();
+  // Four steps, never waited for or released: the copy stream is left waiting for slots to be freed.
+  for (int s = 0; s < 4; ++s) {
+    std::vector<SequenceInput> batch{{seq, steps_[static_cast<std::size_t>(s) + 1].tokens[0], {}}};
+    ASSERT_TRUE(ws->Submit(batch).ok());
+  }
+  ws.reset();  // must return
+  SUCCEED();
+}
+
 TEST_F(WorkingSetTest, GraphReplayOfTheConsumingSideEqualsEagerResults) {
   WorkingSetOptions o;
   o.cache_bytes = 256ULL << 10;
