@@ -158,7 +158,8 @@ class WorkingSet {
   // Device address of cache slot `slot`'s row (row_bytes bytes).
   [[nodiscard]] const std::byte* CacheSlotRow(std::int32_t slot) const noexcept;
 
-  // Waits (on the host) until the copy stream has done everything enqueued so far.
+  // Waits (on the host) until the copy stream has done everything enqueued so far, which includes
+  // waiting for consumers to release (Done) the slots that later steps reuse.
   [[nodiscard]] Status Synchronize();
   [[nodiscard]] WorkingSetStats stats() const;
   [[nodiscard]] std::string StatsJson() const;
