@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -323,6 +324,73 @@ TEST(Prefetcher, DeadPositionsInALongPrefillAreZeroedAndTheRestMatch) {
   }
   const auto st = (*p)->stats();
   EXPECT_EQ(st.layers[0].lookups, (2000U - 286U) * 24U);  // DEAD positions are not looked up
+}
+
+// A device sink that asks for every other distinct row and checks what it is handed against the literal
+// hash and the rows the store holds.
+class CheckingSink final : public DeviceSink {
+ public:
+  CheckingSink(const Layout& layout, std::vector<std::int32_t> seq, std::vector<std::uint8_t> dead)
+      : layout_(layout), seq_(std::move(seq)), dead_(std::move(dead)) {}
+  Status Plan(StepId, int, std::int64_t tokens, std::span<const std::int64_t> rows, std::span<const int> columns,
+              std::span<std::uint8_t> stage) override {
+    EXPECT_EQ(tokens, static_cast<std::int64_t>(seq_.size()));
+    EXPECT_EQ(rows.size(), columns.size());
+    for (std::size_t i = 0; i < stage.size(); ++i) stage[i] = static_cast<std::uint8_t>(i % 2);
+    return Status::Ok();
+  }
+  Status Ready(StepId, int layer, const DeviceLayerInput& in) override {
+    const auto cols = static_cast<std::size_t>(layout_.columns());
+    const auto ref = test::ReferenceRows(layout_, layer, seq_, dead_);
+    EXPECT_EQ(in.lookup.size(), ref.size());
+    std::vector<std::uint8_t> seen(in.rows.size(), 0);
+    for (std::size_t i = 0; i < in.lookup.size(); ++i) {
+      if (dead_[i / cols] != 0) {
+        EXPECT_EQ(in.lookup[i], -1) << "position " << i;
+        continue;
+      }
+      EXPECT_GE(in.lookup[i], 0);
+      EXPECT_EQ(in.rows[static_cast<std::size_t>(in.lookup[i])], ref[i]) << "position " << i;
+      seen[static_cast<std::size_t>(in.lookup[i])] = 1;
+    }
+    // Distinct rows are distinct and each is looked up; the staged ones come compact, in order.
+    EXPECT_TRUE(std::all_of(seen.begin(), seen.end(), [](std::uint8_t x) { return x != 0; }));
+    std::vector<std::int64_t> sorted(in.rows.begin(), in.rows.end());
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end());
+    std::vector<std::int64_t> staged;
+    for (std::size_t g = 1; g < in.rows.size(); g += 2) staged.push_back(in.rows[g]);
+    const auto expect = test::ExpectedRows(layout_, layer, staged);
+    EXPECT_EQ(in.staged.size(), expect.size());
+    EXPECT_EQ(std::memcmp(in.staged.data(), expect.data(), std::min(expect.size(), in.staged.size())), 0);
+    ++ready_;
+    return Status::Ok();
+  }
+  void Failed(StepId, int, const Status& status) override { ADD_FAILURE() << status.ToString(); }
+  int ready_ = 0;
+
+ private:
+  const Layout& layout_;
+  std::vector<std::int32_t> seq_;
+  std::vector<std::uint8_t> dead_;
+};
+
+TEST(Prefetcher, ADeviceSinkGetsDistinctRowsLookupsAndOnlyTheRowsItAskedFor) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  const auto seq = TraceSequences(1, 1200, 15000)[0];  // 28,800 lookups: the partitioned de-duplication
+  std::vector<std::uint8_t> dead(seq.size(), 0);
+  for (std::size_t t = 5; t < dead.size(); t += 11) dead[t] = 1;
+  CheckingSink sink(f->store->layout(), seq, dead);
+  PrefetcherOptions po;
+  po.device = &sink;
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr, po);
+  ASSERT_TRUE(p.ok());
+  auto sid = (*p)->Submit(std::vector<SequenceInput>{{*(*p)->CreateSequence(), seq, dead}});
+  ASSERT_TRUE(sid.ok());
+  for (int li = 0; li < 2; ++li) EXPECT_TRUE((*p)->Wait(*sid, li).ok());
+  EXPECT_EQ(sink.ready_, 2);
+  ASSERT_TRUE((*p)->Finish(*sid).ok());
 }
 
 TEST(Prefetcher, BadStepsAreRefusedAndChangeNothing) {
