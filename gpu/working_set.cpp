@@ -13,7 +13,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
-#include <unordered_map>
 
 #include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
@@ -38,10 +37,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using prefetch::StepId;
 constexpr std::uint64_t kEmptyKey = ~0ULL;
-
-std::uint64_t Key(int layer, std::int64_t row) {
-  return (static_cast<std::uint64_t>(layer) << 40) | static_cast<std::uint64_t>(row);
-}
 
 // Stream memory operations, from the driver through the runtime (no link against libcuda).
 struct MemOps {
@@ -197,9 +192,8 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::unique_ptr<memory::HostRegistrar> registrar;
   std::unique_ptr<memory::PinnedArena> staging_arena;
   std::unique_ptr<memory::PinnedArena> desc_arena;
-  std::vector<std::byte*> desc_host;    // [slot][layer]
-  std::vector<cudaEvent_t> desc_free;   // [slot][layer]: the descriptors' copy is done
-  std::vector<std::uint8_t> desc_used;  // [slot][layer]
+  std::vector<std::byte*> desc_host;   // [slot][layer]
+  std::vector<cudaEvent_t> desc_free;  // [slot][layer]: the descriptors' copy is done
 
   cudaStream_t copy = nullptr;
 
@@ -389,7 +383,7 @@ Status WorkingSet::Impl::Init() {
       sh.policy = std::make_unique<memory::RowCachePolicy>(end - sh.base, opt.policy);
       sh.map.Init(end - sh.base);
     }
-    if (nshards > 1) plan_pool = std::make_unique<engram::detail::ThreadPool>(std::min<std::uint32_t>(nshards, 16) - 1);
+    if (nshards > 1) plan_pool = std::make_unique<engram::detail::ThreadPool>(nshards - 1);
     key_in.assign(cache_slots, kEmptyKey);
     fill_stamp.assign(cache_slots, 0);
     fill_pos.assign(cache_slots, 0);
@@ -431,7 +425,6 @@ Status WorkingSet::Impl::Init() {
                           memory::PinnedArena::Create(desc_bytes * static_cast<std::uint64_t>(slots) * layers, ao));
   desc_host.assign(static_cast<std::size_t>(slots) * layers, nullptr);
   desc_free.assign(static_cast<std::size_t>(slots) * layers, nullptr);
-  desc_used.assign(static_cast<std::size_t>(slots) * layers, 0);
   for (std::size_t i = 0; i < desc_host.size(); ++i) {
     ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> b, desc_arena->Allocate(desc_bytes, 256));
     desc_host[i] = b.data();
@@ -666,7 +659,7 @@ Status WorkingSet::Impl::Plan(StepId step, int l, std::int64_t tokens, std::span
       continue;
     }
     p.kind[i] = kStaged;
-    if (!shards.empty()) shards[ShardOf(Key(l, rows[i]))].rows.push_back(static_cast<std::uint32_t>(i));
+    if (!shards.empty()) shards[ShardOf(memory::RowKey(l, rows[i]))].rows.push_back(static_cast<std::uint32_t>(i));
   }
   // 2. Each shard (its own map, policy and slots) decides hits and admissions, in parallel for large steps.
   auto run_shard = [&](std::size_t si) {
@@ -676,7 +669,7 @@ Status WorkingSet::Impl::Plan(StepId step, int l, std::int64_t tokens, std::span
     sh.inserts.clear();
     sh.hits = sh.admitted = sh.evicted = 0;
     for (const std::uint32_t i : sh.rows) {
-      const std::uint64_t key = Key(l, rows[i]);
+      const std::uint64_t key = memory::RowKey(l, rows[i]);
       if (const std::int64_t hit = sh.map.Find(key); hit >= 0) {
         sh.policy->OnHit(static_cast<std::uint32_t>(hit) - sh.base);
         p.src[i] = reinterpret_cast<std::uint64_t>(cache_rows + static_cast<std::uint64_t>(hit) * row_bytes);
@@ -760,7 +753,6 @@ Status WorkingSet::Impl::Plan(StepId step, int l, std::int64_t tokens, std::span
   st.staged_rows += p.staged_count;
   st.admissions += admitted;
   st.evictions += evicted;
-  step_tokens[step] = tokens;
   return Status::Ok();
 }
 
@@ -771,8 +763,9 @@ Status WorkingSet::Impl::Enqueue(std::span<const std::int32_t> lookup, std::span
   const auto n = static_cast<std::uint64_t>(p.tokens) * static_cast<std::uint64_t>(cols);
   ENGRAM_ASSIGN_OR_RETURN(StepEvents * ev, EventsFor(p.step));
   const auto l = static_cast<std::size_t>(p.layer);
-  // The descriptors of the previous step in this slot must have been copied before they are rewritten.
-  if (desc_used[sl] != 0) ENGRAM_CUDA_RETURN(cudaEventSynchronize(desc_free[sl]));
+  // The descriptors of the previous step in this slot must have been copied before they are rewritten
+  // (an event never recorded is complete).
+  ENGRAM_CUDA_RETURN(cudaEventSynchronize(desc_free[sl]));
   std::byte* h = desc_host[sl];
   std::uint64_t off = 0;
   auto put = [&](const void* src, std::uint64_t bytes) {
@@ -797,7 +790,6 @@ Status WorkingSet::Impl::Enqueue(std::span<const std::int32_t> lookup, std::span
   const std::uint64_t o_zc = put(p.zero_copy.data(), p.zero_copy.size() * sizeof(Fill));
   ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[l], copy));
   ENGRAM_CUDA_RETURN(cudaMemcpyAsync(desc_dev, h, off, cudaMemcpyHostToDevice, copy));
-  desc_used[sl] = 1;
   ENGRAM_CUDA_RETURN(cudaEventRecord(desc_free[sl], copy));
   if (!staged.empty()) {
     ENGRAM_CUDA_RETURN(cudaMemcpyAsync(staging_dev, staged.data(), staged.size(), cudaMemcpyHostToDevice, copy));
@@ -1143,7 +1135,7 @@ Status WorkingSet::LookupAsync(int l, const std::int64_t* rows, std::uint32_t n,
   if (l < 0 || l >= im.layers) return Status::OutOfRange("working set: layer index " + std::to_string(l));
   if (im.cache_slots == 0) return Status::FailedPrecondition("working set: no HBM cache (cache_bytes 0)");
   kernels::TableArgs t{im.table_keys, im.table_slots, im.slot_key, im.table_cap - 1};
-  return kernels::LaunchTableLookup(t, static_cast<std::uint64_t>(l) << 40, rows, n, slots, stream);
+  return kernels::LaunchTableLookup(t, memory::RowKey(l, 0), rows, n, slots, stream);
 }
 
 const std::byte* WorkingSet::CacheSlotRow(std::int32_t slot) const noexcept {

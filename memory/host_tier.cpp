@@ -11,13 +11,6 @@
 #include "../core/hash_mix.hpp"
 
 namespace engram::memory {
-namespace {
-
-std::uint64_t Key(int layer_index, std::int64_t row) {
-  return (static_cast<std::uint64_t>(layer_index) << 40) | static_cast<std::uint64_t>(row);
-}
-
-}  // namespace
 
 Result<std::unique_ptr<HostTier>> HostTier::Create(const Layout& layout, const HostTierOptions& options,
                                                    std::uint64_t max_bytes) {
@@ -180,7 +173,7 @@ bool HostTier::Get(int layer_index, int column, std::int64_t row, std::byte* dst
     return true;
   }
   if (!shards_.empty()) {
-    const std::uint64_t key = Key(layer_index, row);
+    const std::uint64_t key = RowKey(layer_index, row);
     Shard& s = ShardOf(key);
     std::lock_guard<std::mutex> lock(s.mu);
     auto it = s.slot_of.find(key);
@@ -198,7 +191,7 @@ bool HostTier::Get(int layer_index, int column, std::int64_t row, std::byte* dst
 bool HostTier::Contains(int layer_index, int column, std::int64_t row) {
   if (ResidentRow(layer_index, column, row) != nullptr) return true;
   if (shards_.empty()) return false;
-  const std::uint64_t key = Key(layer_index, row);
+  const std::uint64_t key = RowKey(layer_index, row);
   Shard& s = ShardOf(key);
   std::lock_guard<std::mutex> lock(s.mu);
   return s.slot_of.count(key) != 0;
@@ -206,7 +199,7 @@ bool HostTier::Contains(int layer_index, int column, std::int64_t row) {
 
 void HostTier::Admit(int layer_index, int column, std::int64_t row, const std::byte* src) {
   if (shards_.empty() || ResidentRow(layer_index, column, row) != nullptr) return;
-  const std::uint64_t key = Key(layer_index, row);
+  const std::uint64_t key = RowKey(layer_index, row);
   Shard& s = ShardOf(key);
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.slot_of.count(key) != 0) return;  // another reader admitted it meanwhile

@@ -36,8 +36,7 @@ Result<std::shared_ptr<const RowPrior>> RowPrior::Build(const Layout& layout,
   std::vector<std::int64_t> rows(compressed_ids.size() * cols);
   for (int l = 0; l < layout.num_layers(); ++l) {
     ENGRAM_RETURN_IF_ERROR(HashFreshSequences(hasher.layer(l), compressed_ids, seq_len, rows));
-    for (const std::int64_t r : rows)
-      keys.push_back((static_cast<std::uint64_t>(l) << 40) | static_cast<std::uint64_t>(r));
+    for (const std::int64_t r : rows) keys.push_back(RowKey(l, r));
   }
   std::sort(keys.begin(), keys.end());
   std::shared_ptr<RowPrior> p(new RowPrior());

@@ -197,8 +197,7 @@ Result<TraceAnalysis> AnalyzeTrace(const Layout& layout, std::span<const std::in
     for (std::size_t t = 0; t < n; ++t) {
       for (std::size_t l = 0; l < layers; ++l) {
         for (std::size_t c = 0; c < cols; ++c, ++i) {
-          const std::uint64_t key =
-              (static_cast<std::uint64_t>(l) << 40) | static_cast<std::uint64_t>(per_layer[l][t * cols + c]);
+          const std::uint64_t key = RowKey(static_cast<int>(l), per_layer[l][t * cols + c]);
           const auto [id, inserted] = dense.Get(key);
           if (inserted) {
             s.keys.push_back(key);

@@ -28,6 +28,12 @@
 
 namespace engram::memory {
 
+// The 64-bit key of a row everywhere engram keeps rows by key (policies, caches, priors, trace analysis):
+// (layer_index << 40) | row, rows being a layer's global row ids (below 2^40).
+constexpr std::uint64_t RowKey(int layer_index, std::int64_t row) noexcept {
+  return (static_cast<std::uint64_t>(layer_index) << 40) | static_cast<std::uint64_t>(row);
+}
+
 // Row read counts from text other than the text being served: (layer << 40 | row) -> count (capped at
 // 255), keeping rows read at least min_count times. Immutable; safe to share.
 class RowPrior {
