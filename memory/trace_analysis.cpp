@@ -11,6 +11,7 @@
 
 #include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
+#include "engram/detail/set_cache.hpp"
 #include "engram/hasher.hpp"
 #include "engram/token_map.hpp"
 
@@ -154,6 +155,55 @@ std::uint64_t PolicyHits(const Stream& s, const Layout& layout, std::uint64_t ca
   return hits;
 }
 
+// The device pipeline's HBM cache (detail/set_cache.hpp), one lookup at a time: the same sets, priorities
+// and levels as its kernels (which apply them to all of a layer's lookups at once).
+std::uint64_t SetCacheHits(const Stream& s, const Layout& layout, std::uint64_t capacity) {
+  const std::uint64_t sets = capacity / detail::kSetWays;
+  if (sets == 0) return 0;
+  const std::uint64_t slots = sets * detail::kSetWays;
+  std::vector<std::uint64_t> keys(slots, detail::kSetEmptyKey);
+  std::vector<detail::SetWay> ways(slots);
+  std::vector<float> level(sets, 0);
+  const int heads = layout.heads();
+  std::uint64_t hits = 0;
+  for (const std::uint32_t k : s.ids) {
+    const std::uint64_t key = s.keys[k];
+    const std::uint64_t set = detail::SetOf(key, static_cast<std::uint32_t>(sets));
+    const std::uint64_t b0 = set * detail::kSetWays;
+    std::uint64_t victim = slots, empty = slots;
+    float victim_priority = 0;
+    bool hit = false;
+    for (std::uint64_t w = b0; w < b0 + detail::kSetWays; ++w) {
+      if (keys[w] == key) {
+        hit = true;
+        detail::OnSetHit(ways[w], level[set]);
+        break;
+      }
+      if (keys[w] == detail::kSetEmptyKey) {
+        if (empty == slots) empty = w;
+        continue;
+      }
+      const float p = detail::Priority(ways[w]);
+      if (victim == slots || p < victim_priority) {
+        victim = w;
+        victim_priority = p;
+      }
+    }
+    if (hit) {
+      ++hits;
+      continue;
+    }
+    if (empty != slots) {
+      victim = empty;
+    } else {
+      level[set] = victim_priority;
+    }
+    keys[victim] = key;
+    ways[victim] = detail::AdmittedWay(level[set], 2 + s.columns[k] / heads);
+  }
+  return hits;
+}
+
 }  // namespace
 
 Result<TraceAnalysis> AnalyzeTrace(const Layout& layout, std::span<const std::int32_t> compressed_ids,
@@ -280,12 +330,15 @@ Result<TraceAnalysis> AnalyzeTrace(const Layout& layout, std::span<const std::in
   const std::uint32_t threads =
       options.threads != 0 ? options.threads : std::max(1U, std::thread::hardware_concurrency());
   detail::ThreadPool pool(std::min<std::size_t>(threads, capacities.size() * 2) - 1);
-  // Tasks 0..C-1: optimal; C..2C-1: policy (each independent, over the same stream).
-  pool.ParallelFor(capacities.size() * 2, [&](std::size_t task) {
+  // Tasks 0..C-1: optimal; C..2C-1: policy; 2C..3C-1: the device cache (each independent, over the same
+  // stream).
+  pool.ParallelFor(capacities.size() * 3, [&](std::size_t task) {
     const std::size_t c = task % capacities.size();
     const double denom = static_cast<double>(std::max<std::uint64_t>(lookups, 1));
     if (task < capacities.size()) {
       out.caches[c].optimal = static_cast<double>(OptimalHits(s.ids, next, distinct, capacities[c])) / denom;
+    } else if (task >= 2 * capacities.size()) {
+      out.caches[c].device = static_cast<double>(SetCacheHits(s, layout, capacities[c])) / denom;
     } else {
       RowCachePolicyOptions po = options.policy;
       if (options.small_fifo == SmallFifoSizing::kBySize) po.small_fraction = SmallFractionFor(options.fractions[c]);
@@ -325,8 +378,12 @@ std::string TraceAnalysisJson(const TraceAnalysis& a) {
   j["reuse_distance_log2"] = a.reuse_distance;
   j["caches"] = nlohmann::ordered_json::array();
   for (const auto& c : a.caches) {
-    j["caches"].push_back(
-        {{"fraction", c.fraction}, {"rows", c.rows}, {"lru", c.lru}, {"policy", c.policy}, {"optimal", c.optimal}});
+    j["caches"].push_back({{"fraction", c.fraction},
+                           {"rows", c.rows},
+                           {"lru", c.lru},
+                           {"policy", c.policy},
+                           {"optimal", c.optimal},
+                           {"device", c.device}});
   }
   return j.dump(2);
 }

@@ -137,6 +137,7 @@ TEST(TraceAnalysis, OptimalBoundsEveryPolicyAndTheCompulsoryMissesBoundOptimal) 
   for (const auto& c : r->caches) {
     EXPECT_LE(c.lru, c.optimal);
     EXPECT_LE(c.policy, c.optimal);
+    EXPECT_LE(c.device, c.optimal);
     EXPECT_LE(c.optimal, max_hit + 1e-12);
     EXPECT_GE(c.optimal, prev);
     prev = c.optimal;
@@ -153,6 +154,19 @@ TEST(TraceAnalysis, ThePolicyBeatsLruClearlyAtOneAndFivePercentOnRealText) {
   ASSERT_TRUE(r.ok());
   for (const auto& c : r->caches) {
     EXPECT_GT(c.policy, 1.15 * c.lru) << c.fraction << ": policy " << c.policy << ", LRU " << c.lru;
+  }
+}
+
+TEST(TraceAnalysis, TheDeviceCacheBeatsLruAtOneAndFivePercentOnRealText) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto layout = Layout::Preset("deepseek-v4.1-flash");
+  ASSERT_TRUE(layout.ok());
+  TraceAnalysisOptions o;
+  o.fractions = {0.01, 0.05};
+  auto r = AnalyzeTrace(*layout, Slice(0, 60000), o);
+  ASSERT_TRUE(r.ok());
+  for (const auto& c : r->caches) {
+    EXPECT_GT(c.device, 1.05 * c.lru) << c.fraction << ": device " << c.device << ", LRU " << c.lru;
   }
 }
 
@@ -190,7 +204,7 @@ TEST(TraceAnalysis, JsonHasTheStableCachesInterface) {
     EXPECT_DOUBLE_EQ(c["fraction"].get<double>(), fractions[i]);
     EXPECT_EQ(c["rows"].get<std::uint64_t>(),
               static_cast<std::uint64_t>(fractions[i] * static_cast<double>(j["distinct_rows"].get<std::uint64_t>())));
-    for (const char* k : {"lru", "policy", "optimal"}) {
+    for (const char* k : {"lru", "policy", "optimal", "device"}) {
       EXPECT_GE(c[k].get<double>(), 0.0);
       EXPECT_LE(c[k].get<double>(), 1.0);
     }

@@ -194,13 +194,15 @@ int RunAnalyze(const TraceArgs& a) {
   std::printf("\ncache hit rates (a cache of all layers' rows; policy: %s%s):\n", a.policy.c_str(),
               prior_tokens > 0 ? fmt::format(", prior from {} tokens of {}", prior_tokens, a.prior_tokens).c_str()
                                : ", no prior");
-  std::printf("  %8s %12s %8s %8s %8s %14s %12s\n", "size", "rows", "LRU", "policy", "optimal", "policy/optimal",
-              "LRU/optimal");
+  std::printf("  %8s %12s %8s %8s %8s %8s %14s %14s %12s\n", "size", "rows", "LRU", "policy", "device", "optimal",
+              "policy/optimal", "device/optimal", "LRU/optimal");
+  auto pct = [](double x, double opt) { return opt > 0 ? 100 * x / opt : 0.0; };
   for (const auto& c : r->caches) {
-    std::printf("  %7.1f%% %12llu %8.4f %8.4f %8.4f %13.1f%% %11.1f%%\n", 100 * c.fraction,
-                static_cast<unsigned long long>(c.rows), c.lru, c.policy, c.optimal,
-                c.optimal > 0 ? 100 * c.policy / c.optimal : 0.0, c.optimal > 0 ? 100 * c.lru / c.optimal : 0.0);
+    std::printf("  %7.1f%% %12llu %8.4f %8.4f %8.4f %8.4f %13.1f%% %13.1f%% %11.1f%%\n", 100 * c.fraction,
+                static_cast<unsigned long long>(c.rows), c.lru, c.policy, c.device, c.optimal, pct(c.policy, c.optimal),
+                pct(c.device, c.optimal), pct(c.lru, c.optimal));
   }
+  std::printf("(device: the set-associative HBM cache of the working set's device pipeline)\n");
   std::printf("(%.1f s)\n", r->seconds);
   return 0;
 }
@@ -226,10 +228,12 @@ Runner AddTraceCommand(CLI::App& app) {
 
   CLI::App* analyze = cmd->add_subcommand(
       "analyze",
-      "Distinct rows per region, reuse, and cache hit rates for LRU, the implemented policy and the\n"
+      "Distinct rows per region, reuse, and cache hit rates for LRU, the implemented policy, the device\n"
+      "pipeline's HBM cache and the\n"
       "optimal (Belady) policy at cache sizes given as fractions of the distinct rows, counted over the row\n"
       "lookups of every Engram layer. With --json: one object whose \"caches\" array holds\n"
-      "{\"fraction\", \"rows\", \"lru\", \"policy\", \"optimal\"} per size (a stable interface; docs/cli.md).");
+      "{\"fraction\", \"rows\", \"lru\", \"policy\", \"optimal\", \"device\"} per size (a stable interface;\n"
+      "docs/cli.md; \"device\" is the GPU working set's device-pipeline cache).");
   AddLayoutOption(*analyze, args->layout, true);
   analyze->add_option("--tokens", args->tokens, "Token ids, little-endian int32")->required();
   auto* amap = analyze->add_option("--token-map", args->token_map, "Raw -> compressed id map, little-endian int32");

@@ -5,9 +5,11 @@
 // The lookup stream: the trace is cut into sequences of seq_len tokens (0: one sequence), each hashed
 // fresh; token by token, every Engram layer's rows are looked up in column order. A cache holds rows
 // of all layers together (a row is (layer, row id)); its size is a fraction of the distinct rows of
-// the whole stream. Three policies are simulated over the same stream:
+// the whole stream. Four policies are simulated over the same stream:
 //   - LRU, exactly, from every lookup's reuse (stack) distance;
 //   - the implemented policy (memory/row_cache_policy.hpp), the same code the host tier runs;
+//   - the device pipeline's HBM cache (gpu::MissPath::kDevice: 16-way sets, TinyLFU admission), the
+//     decisions its kernels make, one lookup at a time;
 //   - the optimal policy (Belady's MIN with bypass: on a miss, the row is kept only if it is re-read
 //     before the row that would be evicted), the upper bound for any cache of that size.
 #pragma once
@@ -64,6 +66,7 @@ struct CachePoint {
   double lru = 0;          // hit rates over all lookups, in [0, 1]
   double policy = 0;
   double optimal = 0;
+  double device = 0;  // the device pipeline's set-associative HBM cache (detail/set_cache.hpp), same size
 };
 
 struct TraceAnalysis {
