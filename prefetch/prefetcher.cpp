@@ -98,6 +98,13 @@ struct Prefetcher::Impl {
 
   void Run();
   void ServeLayer(Step& step, int layer);
+  // The checks of a batch (nothing changed); its token count and whether any position is DEAD.
+  Status CheckBatch(std::span<const SequenceInput> batch, std::size_t& tokens, bool& any_dead) const;
+  // Appends a checked batch to its sequences (all or nothing) and writes each sequence's hash window,
+  // its first token's step position and, if any_dead, the DEAD flags (dead sized to the step's tokens).
+  Status AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
+                     std::vector<std::vector<std::int32_t>>& windows, std::vector<std::size_t>& first_token,
+                     std::vector<std::uint8_t>& dead);
   // Row ids of one layer for every token of the step, from the sequences' windows.
   void HashLayer(Step& step, int layer);
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
@@ -622,22 +629,83 @@ Status Prefetcher::Rollback(SequenceId id, std::int64_t k) {
   return s->Rollback(k).WithContext(fmt::format("sequence {}", id));
 }
 
+Status Prefetcher::Impl::CheckBatch(std::span<const SequenceInput> batch, std::size_t& tokens, bool& any_dead) const {
+  tokens = 0;
+  any_dead = false;
+  for (const auto& in : batch) {
+    if (!in.dead.empty() && in.dead.size() != in.tokens.size()) {
+      return Status::InvalidArgument(
+          fmt::format("step: sequence {}: {} DEAD flags for {} tokens", in.sequence, in.dead.size(), in.tokens.size()));
+    }
+    ENGRAM_RETURN_IF_ERROR_CTX(CheckCompressedIds(in.tokens, layout), fmt::format("step: sequence {}", in.sequence));
+    tokens += in.tokens.size();
+    any_dead = any_dead || std::any_of(in.dead.begin(), in.dead.end(), [](std::uint8_t d) { return d != 0; });
+  }
+  if (tokens == 0) return Status::InvalidArgument("step: no tokens");
+  return Status::Ok();
+}
+
+Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
+                                     std::vector<std::vector<std::int32_t>>& windows,
+                                     std::vector<std::size_t>& first_token, std::vector<std::uint8_t>& dead) {
+  std::lock_guard<std::mutex> lock(seq_mu);
+  // Every sequence must exist (and appear once) before any is changed.
+  std::vector<Sequence*> seqs;
+  for (const auto& in : batch) {
+    ENGRAM_ASSIGN_OR_RETURN(Sequence * s, sequences.Get(in.sequence));
+    if (std::find(seqs.begin(), seqs.end(), s) != seqs.end()) {
+      return Status::InvalidArgument(fmt::format("step: sequence {} appears twice", in.sequence));
+    }
+    seqs.push_back(s);
+  }
+  std::size_t t0 = 0;
+  const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    const auto& in = batch[b];
+    std::vector<std::int32_t> w(hist + in.tokens.size());
+    seqs[b]->History(std::span(w).first(hist));
+    for (std::size_t i = 0; i < in.tokens.size(); ++i) {
+      w[hist + i] = (!in.dead.empty() && in.dead[i] != 0) ? kDeadId : in.tokens[i];
+    }
+    // Ids were checked (CheckBatch), so this cannot fail part way through the batch.
+    ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
+    windows.push_back(std::move(w));
+    first_token.push_back(t0);
+    if (any_dead) {
+      for (std::size_t t = 0; t < in.dead.size(); ++t) dead[t0 + t] = in.dead[t];
+    }
+    t0 += in.tokens.size();
+  }
+  return Status::Ok();
+}
+
+Result<StepWindows> Prefetcher::Append(std::span<const SequenceInput> batch) {
+  Impl& im = *impl_;
+  std::size_t tokens = 0;
+  bool any_dead = false;
+  ENGRAM_RETURN_IF_ERROR(im.CheckBatch(batch, tokens, any_dead));
+  std::vector<std::vector<std::int32_t>> windows;
+  std::vector<std::size_t> first_token;
+  std::vector<std::uint8_t> dead;
+  ENGRAM_RETURN_IF_ERROR(im.AppendBatch(batch, false, windows, first_token, dead));
+  StepWindows out;
+  out.window.reserve(tokens + windows.size() * static_cast<std::size_t>(im.layout.max_ngram() - 1));
+  out.segment_begin.reserve(windows.size() + 1);
+  for (std::size_t s = 0; s < windows.size(); ++s) {
+    out.segment_begin.push_back(static_cast<std::uint32_t>(first_token[s]));
+    out.window.insert(out.window.end(), windows[s].begin(), windows[s].end());
+  }
+  out.segment_begin.push_back(static_cast<std::uint32_t>(tokens));
+  return out;
+}
+
 Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
   Impl& im = *impl_;
   const auto cols = static_cast<std::size_t>(im.layout.columns());
   const auto layers = static_cast<std::size_t>(im.layout.num_layers());
   std::size_t tokens = 0;
   bool any_dead = false;
-  for (const auto& in : batch) {
-    if (!in.dead.empty() && in.dead.size() != in.tokens.size()) {
-      return Status::InvalidArgument(
-          fmt::format("step: sequence {}: {} DEAD flags for {} tokens", in.sequence, in.dead.size(), in.tokens.size()));
-    }
-    ENGRAM_RETURN_IF_ERROR_CTX(CheckCompressedIds(in.tokens, im.layout), fmt::format("step: sequence {}", in.sequence));
-    tokens += in.tokens.size();
-    any_dead = any_dead || std::any_of(in.dead.begin(), in.dead.end(), [](std::uint8_t d) { return d != 0; });
-  }
-  if (tokens == 0) return Status::InvalidArgument("step: no tokens");
+  ENGRAM_RETURN_IF_ERROR(im.CheckBatch(batch, tokens, any_dead));
   auto step = std::make_shared<Step>();
   step->tokens = static_cast<std::int64_t>(tokens);
   step->rows_bytes_per_layer = tokens * cols * im.layout.row_bytes();
@@ -651,36 +719,7 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
       im.staging->Acquire(bytes, im.options.staging_timeout).WithContext(fmt::format("step of {} tokens", tokens)));
   step->rows.resize(layers * tokens * cols);
   if (any_dead) step->dead.assign(tokens, 0);
-  {
-    std::lock_guard<std::mutex> lock(im.seq_mu);
-    // Every sequence must exist (and appear once) before any is changed.
-    std::vector<Sequence*> seqs;
-    for (const auto& in : batch) {
-      ENGRAM_ASSIGN_OR_RETURN(Sequence * s, im.sequences.Get(in.sequence));
-      if (std::find(seqs.begin(), seqs.end(), s) != seqs.end()) {
-        return Status::InvalidArgument(fmt::format("step: sequence {} appears twice", in.sequence));
-      }
-      seqs.push_back(s);
-    }
-    std::size_t t0 = 0;
-    const auto hist = static_cast<std::size_t>(im.layout.max_ngram() - 1);
-    for (std::size_t b = 0; b < batch.size(); ++b) {
-      const auto& in = batch[b];
-      std::vector<std::int32_t> w(hist + in.tokens.size());
-      seqs[b]->History(std::span(w).first(hist));
-      for (std::size_t i = 0; i < in.tokens.size(); ++i) {
-        w[hist + i] = (!in.dead.empty() && in.dead[i] != 0) ? kDeadId : in.tokens[i];
-      }
-      // Ids were checked above, so this cannot fail part way through the batch.
-      ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
-      step->windows.push_back(std::move(w));
-      step->first_token.push_back(t0);
-      if (any_dead) {
-        for (std::size_t t = 0; t < in.dead.size(); ++t) step->dead[t0 + t] = in.dead[t];
-      }
-      t0 += in.tokens.size();
-    }
-  }
+  ENGRAM_RETURN_IF_ERROR(im.AppendBatch(batch, any_dead, step->windows, step->first_token, step->dead));
   step->status.resize(layers);
   step->ready.assign(layers, 0);
   step->submitted = Clock::now();

@@ -148,6 +148,70 @@ TEST(Prefetcher, DeadFlagsThatAreAllZeroServeTheRowsUnchanged) {
   }
 }
 
+TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const Layout& layout = f->store->layout();
+  auto hasher = Hasher::Create(layout);
+  ASSERT_TRUE(hasher.ok());
+  const auto& all = test::BrownCompressed();
+  // Two sequences over two steps (a prefill chunk, then one token each), the second with DEAD marks; an
+  // independent Sequence per sequence gives the expected rows.
+  std::vector<SequenceId> ids = {*(*p)->CreateSequence(), *(*p)->CreateSequence()};
+  std::vector<Sequence> ref;
+  for (int i = 0; i < 2; ++i) ref.push_back(*Sequence::Create(layout));
+  const int hist = layout.max_ngram() - 1;
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  for (int step = 0; step < 2; ++step) {
+    const std::size_t n = step == 0 ? 50 : 1;
+    std::vector<std::vector<std::int32_t>> toks(2);
+    std::vector<std::vector<std::uint8_t>> dead(2);
+    std::vector<SequenceInput> batch;
+    for (std::size_t b = 0; b < 2; ++b) {
+      const std::size_t at = 1000 * (b + 1) + static_cast<std::size_t>(step) * 50;
+      toks[b].assign(all.begin() + static_cast<std::ptrdiff_t>(at), all.begin() + static_cast<std::ptrdiff_t>(at + n));
+      if (b == 1) {
+        dead[b].assign(n, 0);
+        dead[b][n / 2] = 1;
+      }
+      batch.push_back({ids[b], toks[b], dead[b]});
+    }
+    auto w = (*p)->Append(batch);
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    ASSERT_EQ(w->segment_begin,
+              (std::vector<std::uint32_t>{0, static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(2 * n)}));
+    for (std::size_t b = 0; b < 2; ++b) {
+      const std::size_t at = w->segment_begin[b] + b * static_cast<std::size_t>(hist);
+      const std::span<const std::int32_t> window(w->window.data() + at, static_cast<std::size_t>(hist) + n);
+      std::vector<std::int64_t> got(static_cast<std::size_t>(hasher->num_layers()) * n * cols);
+      ASSERT_TRUE(hasher->HashWindow(window, got).ok());
+      std::vector<std::int64_t> expect(got.size());
+      ASSERT_TRUE(ref[b].AppendAndHash(*hasher, toks[b], dead[b], expect).ok());
+      EXPECT_EQ(got, expect) << "step " << step << " sequence " << b;
+    }
+  }
+}
+
+TEST(Prefetcher, AppendOfABadBatchAppendsNothing) {
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const SequenceId a = *(*p)->CreateSequence();
+  const std::vector<std::int32_t> good = {1, 2, 3};
+  const std::vector<std::int32_t> bad = {1, -5};
+  const Status s = (*p)->Append(std::vector<SequenceInput>{{a, good, {}}, {a + 100, good, {}}}).status();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
+  EXPECT_FALSE((*p)->Append(std::vector<SequenceInput>{{a, bad, {}}}).ok());
+  // Nothing was appended: the history is still all pad.
+  auto w = (*p)->Append(std::vector<SequenceInput>{{a, good, {}}});
+  ASSERT_TRUE(w.ok());
+  for (int i = 0; i < f->store->layout().max_ngram() - 1; ++i) {
+    EXPECT_EQ(w->window[static_cast<std::size_t>(i)], f->store->layout().pad_id()) << i;
+  }
+}
+
 TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();

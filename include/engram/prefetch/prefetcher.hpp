@@ -104,6 +104,14 @@ struct SequenceInput {
   std::span<const std::uint8_t> dead;    // empty, or one flag per token (non-zero: DEAD)
 };
 
+// A step's hash windows as gpu::HashBatch reads them: the batch's s-th sequence at
+// window[segment_begin[s] + s * (max_ngram - 1)]: its last max_ngram - 1 ids (pad before its start,
+// kDeadId where DEAD), then its new ids (kDeadId where DEAD).
+struct StepWindows {
+  std::vector<std::int32_t> window;
+  std::vector<std::uint32_t> segment_begin;  // batch size + 1 prefix sums of token counts; [0] = 0
+};
+
 struct LayerOutput {
   std::int64_t tokens = 0;
   int columns = 0;
@@ -163,6 +171,10 @@ class Prefetcher {
   // Appends the batch's tokens and queues the step. Every sequence id and token is checked first: on an
   // error nothing is appended and no step is queued.
   [[nodiscard]] Result<StepId> Submit(std::span<const SequenceInput> batch);
+  // Appends the batch's tokens exactly as Submit does (the same checks; on an error nothing is appended)
+  // and returns the step's hash windows, queuing no work: for a device side that hashes, looks up and
+  // reads rows on its own (gpu::WorkingSet's device pipeline). No step id is used.
+  [[nodiscard]] Result<StepWindows> Append(std::span<const SequenceInput> batch);
   // Blocks until the layer at `layer_index` of step `id` is ready; its error if it failed.
   [[nodiscard]] Status Wait(StepId id, int layer_index);
   // The layer's output (after a successful Wait); valid until Finish.
