@@ -1,10 +1,12 @@
 // bench_working_set: the GPU working set on a store, driven by the real trace, with its raw baselines
 // measured in the same run:
 //   transfer: lookups delivered from a resident host tier (pinned, mapped) into the layers' device outputs
-//     per second, with no HBM cache (every distinct row crosses PCIe), by the staged and zero-copy paths;
+//     per second, with no HBM cache (every distinct row crosses PCIe), by the staged and zero-copy paths
+//     and the device pipeline (hashing, lookups and reads all on the GPU);
 //     baselines on the same lookups: a plain CPU gather (same threads) into pinned memory + one
 //     cudaMemcpyAsync per layer, and a plain zero-copy gather kernel (one warp per row).
-//   hit: the same steps replayed with every row in the HBM cache; baseline: a plain device gather kernel
+//   hit: the same steps replayed with every row in the HBM cache (the host-planned cache, and the device
+//     pipeline's set cache); baseline: a plain device gather kernel
 //     of the same lookups from a device array (device time of the assembly vs the gather, and end to end).
 //   loop: decode steps (B sequences x 1 token) and prefill chunks (16,384 tokens) through the whole
 //     pipeline, with per-step time split into hashing, tier lookup, I/O, host gather, copy and assembly,
@@ -12,7 +14,8 @@
 //     at once would wait), p50/p99.
 //
 //   bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop]
-//                     [--loop-host resident|cache] [--host-cache BYTES] [--hbm-cache BYTES]
+//                     [--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device]
+//                     [--host-cache BYTES] [--hbm-cache BYTES]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -76,6 +79,7 @@ struct Args {
   std::string loop_host = "resident";
   std::uint64_t host_cache = 4ULL << 30;
   std::uint64_t hbm_cache = 1ULL << 30;
+  gpu::MissPath loop_path = gpu::MissPath::kAuto;
 };
 
 struct Shape {
@@ -354,6 +358,11 @@ int main(int argc, char** argv) {
       a.host_cache = std::stoull(v);
     else if (k == "--hbm-cache")
       a.hbm_cache = std::stoull(v);
+    else if (k == "--loop-path")
+      a.loop_path = v == "staged"      ? gpu::MissPath::kStaged
+                    : v == "zero-copy" ? gpu::MissPath::kZeroCopy
+                    : v == "device"    ? gpu::MissPath::kDevice
+                                       : gpu::MissPath::kAuto;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -362,7 +371,8 @@ int main(int argc, char** argv) {
   if (a.store.empty()) {
     std::fprintf(stderr,
                  "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
-                 "[--loop-host resident|cache] [--host-cache BYTES] [--hbm-cache BYTES]\n");
+                 "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
+                 "[--hbm-cache BYTES]\n");
     return 2;
   }
   auto store = Must(engram::store::Store::Open(a.store), "open store");
@@ -396,8 +406,8 @@ int main(int argc, char** argv) {
     std::printf(
         "\n== transfer: host tier -> device outputs (rows), no HBM cache, 2 steps in flight (lookups/s; "
         "baselines on the same lookups)\n");
-    std::printf("%-16s %12s %12s %12s %12s %8s %8s\n", "shape", "cpu+copy", "zero-copy k", "ws staged", "ws zero-copy",
-                "best/bl", "target");
+    std::printf("%-16s %12s %12s %12s %12s %12s %8s %8s\n", "shape", "cpu+copy", "zero-copy k", "ws staged",
+                "ws zero-copy", "ws device", "best/bl", "target");
     std::vector<std::pair<std::string, RunResult>> splits;
     for (const auto& sh : shapes) {
       const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 6 : 64);
@@ -423,11 +433,15 @@ int main(int argc, char** argv) {
       auto ws2 = MakeWs(*store, v, resident.get(), gpu::MissPath::kZeroCopy, 0, a.threads, max_tokens, false);
       const RunResult r2 = Drive(*ws2, steps, a.seconds, sh.tokens > 1, 3, 2);
       ws2.reset();
-      const double best = std::max(r1.lookups_per_s, r2.lookups_per_s);
-      std::printf("%-16s %12.4g %12.4g %12.4g %12.4g %7.0f%% %8s\n", sh.name.c_str(), cpu, zk, r1.lookups_per_s,
-                  r2.lookups_per_s, 100 * best / std::max(cpu, zk), ">=85%");
+      auto ws3 = MakeWs(*store, v, resident.get(), gpu::MissPath::kDevice, 0, a.threads, max_tokens, false);
+      const RunResult r3 = Drive(*ws3, steps, a.seconds, sh.tokens > 1, 3, 2);
+      ws3.reset();
+      const double best = std::max({r1.lookups_per_s, r2.lookups_per_s, r3.lookups_per_s});
+      std::printf("%-16s %12.4g %12.4g %12.4g %12.4g %12.4g %7.0f%% %8s\n", sh.name.c_str(), cpu, zk, r1.lookups_per_s,
+                  r2.lookups_per_s, r3.lookups_per_s, 100 * best / std::max(cpu, zk), ">=85%");
       splits.push_back({sh.name + " staged", r1});
       splits.push_back({sh.name + " zero-copy", r2});
+      splits.push_back({sh.name + " device", r3});
     }
     transfer_splits = std::move(splits);
   }
@@ -443,18 +457,27 @@ int main(int argc, char** argv) {
     std::printf(
         "\n== hit: every row in the HBM cache, rows output only (lookups/s end to end; device time of the "
         "assembly vs a plain device gather of the same lookups)\n");
-    std::printf("%-16s %12s %12s %12s %12s %8s\n", "shape", "ws e2e", "ws assembly", "plain gather", "asm/gather",
-                "target");
-    for (const auto& sh : shapes) {
+    std::printf("%-16s %-8s %12s %12s %12s %12s %8s\n", "shape", "path", "ws e2e", "ws assembly", "plain gather",
+                "asm/gather", "target");
+    need_resident();
+    for (const auto& [sh, path] : std::vector<std::pair<Shape, gpu::MissPath>>{{shapes[0], gpu::MissPath::kStaged},
+                                                                               {shapes[0], gpu::MissPath::kDevice},
+                                                                               {shapes[1], gpu::MissPath::kStaged},
+                                                                               {shapes[1], gpu::MissPath::kDevice},
+                                                                               {shapes[2], gpu::MissPath::kStaged},
+                                                                               {shapes[2], gpu::MissPath::kDevice}}) {
       const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 2 : 16);
       const auto max_tokens = static_cast<std::int64_t>(sh.sequences * sh.tokens);
-      auto ws = MakeWs(*store, v, nullptr, gpu::MissPath::kStaged, a.hbm_cache, a.threads, max_tokens, false);
+      // The staged path needs no host tier; the device pipeline reads its misses from the resident one.
+      auto ws = MakeWs(*store, v, path == gpu::MissPath::kDevice ? resident.get() : nullptr, path, a.hbm_cache,
+                       a.threads, max_tokens, false);
       // Warm: every step twice (rows admitted), then measured passes (fresh sequences: the same rows).
       (void)Drive(*ws, steps, 0, true, steps.tokens.size(), 1);
       (void)Drive(*ws, steps, 0, true, steps.tokens.size(), 1);
       const RunResult r = Drive(*ws, steps, a.seconds, true, 3, 2);
       const double hits = static_cast<double>(r.after.cache_hits - r.before.cache_hits);
-      const double staged = static_cast<double>(r.after.staged_rows - r.before.staged_rows);
+      const double staged = static_cast<double>((r.after.staged_rows - r.before.staged_rows) +
+                                                (r.after.zero_copy_rows - r.before.zero_copy_rows));
       const double asm_s = r.after.assemble_seconds - r.before.assemble_seconds;
       // Lookups assembled per device second (the steps whose device time is accounted).
       const double lookups =
@@ -482,8 +505,9 @@ int main(int argc, char** argv) {
       }
       const double plain = KernelGather(srcs, layout.row_bytes(), a.seconds);
       cudaFree(arr);
-      std::printf("%-16s %12.4g %12.4g %12.4g %11.0f%% %8s   (hit %.1f%%)\n", sh.name.c_str(), r.lookups_per_s,
-                  asm_rate, plain, 100 * asm_rate / plain, ">=70%", 100 * hits / std::max(1.0, hits + staged));
+      std::printf("%-16s %-8s %12.4g %12.4g %12.4g %11.0f%% %8s   (hit %.1f%%)\n", sh.name.c_str(),
+                  gpu::MissPathName(path), r.lookups_per_s, asm_rate, plain, 100 * asm_rate / plain, ">=70%",
+                  100 * hits / std::max(1.0, hits + staged));
     }
   }
 
@@ -501,16 +525,16 @@ int main(int argc, char** argv) {
       host = cache_tier.get();
     }
     std::printf(
-        "\n== loop: host tier %s, HBM cache %.2f GiB, auto path; per step in us; ready = Submit -> "
+        "\n== loop: host tier %s, HBM cache %.2f GiB, %s path; per step in us; ready = Submit -> "
         "output on the device, p50/p99 us\n",
-        a.loop_host.c_str(), static_cast<double>(a.hbm_cache) / (1 << 30));
+        a.loop_host.c_str(), static_cast<double>(a.hbm_cache) / (1 << 30), gpu::MissPathName(a.loop_path));
     std::printf("%-26s %6s %9s  %7s %7s %7s %7s %7s %7s  ready per layer\n", "shape", "steps", "lookups/s", "hash",
                 "lookup", "io", "gather", "copy", "asm");
     const std::vector<Shape> loop_shapes = {
         {"decode B=1", 1, 1}, {"decode B=64", 64, 1}, {"decode B=256", 256, 1}, {"prefill 16384", 1, 16384}};
     for (const auto& sh : loop_shapes) {
       const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 16 : 4096);
-      auto ws = MakeWs(*store, v, host, gpu::MissPath::kAuto, a.hbm_cache, a.threads,
+      auto ws = MakeWs(*store, v, host, a.loop_path, a.hbm_cache, a.threads,
                        static_cast<std::int64_t>(sh.sequences * sh.tokens));
       // Sequences keep their history across steps (a real decode).
       const RunResult r = Drive(*ws, steps, a.seconds, sh.tokens > 1, 3, 1);

@@ -126,6 +126,16 @@ DeviceLayerHasher::~DeviceLayerHasher() {
   if (regions_ != nullptr) cudaFree(regions_);
 }
 
+DeviceHashParams DeviceLayerHasher::params() const noexcept {
+  DeviceHashParams p;
+  p.regions = static_cast<const engram::detail::RegionHash*>(regions_);
+  for (int j = 0; j < kMaxNgram; ++j) p.multipliers[j] = multipliers_[j];
+  p.pad = static_cast<std::uint64_t>(pad_id_);
+  p.heads = heads_;
+  p.max_ngram = max_ngram_;
+  return p;
+}
+
 Status DeviceLayerHasher::HashAsync(const HashBatch& batch, Stream stream) const {
   if (batch.num_tokens == 0) return Status::Ok();
   if (batch.num_segments == 0 || batch.window == nullptr || batch.segment_begin == nullptr || batch.rows == nullptr) {

@@ -17,6 +17,7 @@
 #include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
 #include "cuda_check.hpp"
+#include "engram/gpu/hash.hpp"
 #include "engram/gpu/host_memory.hpp"
 #include "engram/log.hpp"
 #include "working_set_kernels.hpp"
@@ -28,6 +29,7 @@ const char* MissPathName(MissPath p) noexcept {
     case MissPath::kAuto: return "auto";
     case MissPath::kStaged: return "staged";
     case MissPath::kZeroCopy: return "zero-copy";
+    case MissPath::kDevice: return "device";
   }
   return "?";
 }
@@ -243,6 +245,33 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
 
   std::unique_ptr<prefetch::Prefetcher> prefetcher;
 
+  // The device pipeline (path == kDevice): hashing, the set cache, reads and assembly on the device.
+  std::uint32_t dev_sets = 0;  // set cache size (computed at Init; allocated if the path is kDevice)
+  std::vector<DeviceLayerHasher> hashers;
+  kernels::SetCacheArgs set_cache;
+  std::int32_t* win_dev = nullptr;
+  std::uint32_t* pos_dev = nullptr;         // per token: its window position
+  std::uint32_t* miss_count_dev = nullptr;  // [layer]
+  std::uint32_t* miss_dev = nullptr;
+  std::int64_t* miss_rows_dev = nullptr;
+  kernels::ColumnSource* colsrc_dev = nullptr;  // [layer][column]
+  unsigned long long* counters_dev = nullptr;
+  unsigned long long* counters_host = nullptr;  // pinned; copied from the device after each step
+  std::uint64_t up_bytes = 0;                   // per slot: windows, then each token's window position
+  std::vector<std::byte*> up_host;              // [slot], pinned
+  std::vector<cudaEvent_t> up_free;             // [slot]: its upload is done
+  std::mutex submit_mu;                         // steps reach the copy stream in id order
+  StepId next_device_step = 1;
+  bool device() const noexcept { return path == MissPath::kDevice; }
+  std::uint64_t PipelineBytes() const {
+    const auto t = static_cast<std::uint64_t>(opt.max_tokens);
+    return max_lookups * 12 + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4 + t * 4 + 16 +
+           static_cast<std::uint64_t>(layers) * (4 + cols * sizeof(kernels::ColumnSource)) + 256;
+  }
+  Status AllocateHostCache();
+  Status AllocatePipeline();
+  Result<StepId> SubmitDevice(std::span<const prefetch::SequenceInput> batch);
+
   // Steps, statistics, the releasing thread (under mu).
   mutable std::mutex mu;
   std::condition_variable cv;
@@ -326,6 +355,9 @@ Status WorkingSet::Impl::Init() {
     }
     if (n > 0xFFFFFFF0ULL) n = 0xFFFFFFF0ULL;
     cache_slots = static_cast<std::uint32_t>(n);
+    // The device pipeline's set cache: per set, 16 x (row + key + way state) + its level and lock.
+    const std::uint64_t per_set = engram::detail::kSetWays * (row_bytes + 8 + sizeof(engram::detail::SetWay)) + 8;
+    dev_sets = static_cast<std::uint32_t>(std::min<std::uint64_t>(opt.cache_bytes / per_set, 0x0FFFFFFFULL));
   }
   std::uint64_t region_rows = 0;
   for (const auto& r : opt.hbm_regions) {
@@ -339,9 +371,11 @@ Status WorkingSet::Impl::Init() {
   const std::uint64_t out_bytes =
       static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) *
       ((opt.rows_output ? max_lookups * row_bytes : 0) + (bf16 ? max_lookups * dim * 2 : 0));
+  // Either cache form fits cache_bytes; the device pipeline's buffers are counted whichever path is taken.
   const std::uint64_t need = (cache_slots > 0 ? cache_slots * cache_slot_bytes + table_cap * 12 : 0) +
                              region_rows * row_bytes + out_bytes + max_lookups * row_bytes + desc_bytes +
-                             static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) * 4;
+                             static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) * 4 +
+                             PipelineBytes();
   size_t free_b = 0, total_b = 0;
   ENGRAM_CUDA_RETURN(cudaMemGetInfo(&free_b, &total_b));
   const std::string sizes = "cache " + std::to_string(cache_slots) + " slots, HBM regions " +
@@ -362,32 +396,6 @@ Status WorkingSet::Impl::Init() {
   ENGRAM_RETURN_IF_ERROR(kernels::Preload());
   ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
 
-  if (cache_slots > 0) {
-    ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * row_bytes, "cache rows"));
-    cache_rows = static_cast<std::byte*>(p);
-    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * 8, "cache slot keys"));
-    slot_key = static_cast<std::uint64_t*>(p);
-    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 8, "cache table keys"));
-    table_keys = static_cast<std::uint64_t*>(p);
-    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 4, "cache table slots"));
-    table_slots = static_cast<std::int32_t*>(p);
-    ENGRAM_CUDA_RETURN(cudaMemsetAsync(slot_key, 0xFF, static_cast<std::uint64_t>(cache_slots) * 8, copy));
-    ENGRAM_CUDA_RETURN(cudaMemsetAsync(table_keys, 0xFF, table_cap * 8, copy));
-    // Directory shards: one per 1,024 slots, at most 16 (small caches keep one policy over all slots).
-    const std::uint32_t nshards = std::clamp<std::uint32_t>(cache_slots / 1024, 1, 16);
-    shards.resize(nshards);
-    for (std::uint32_t k = 0; k < nshards; ++k) {
-      Shard& sh = shards[k];
-      sh.base = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * k / nshards);
-      const auto end = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * (k + 1) / nshards);
-      sh.policy = std::make_unique<memory::RowCachePolicy>(end - sh.base, opt.policy);
-      sh.map.Init(end - sh.base);
-    }
-    if (nshards > 1) plan_pool = std::make_unique<engram::detail::ThreadPool>(nshards - 1);
-    key_in.assign(cache_slots, kEmptyKey);
-    fill_stamp.assign(cache_slots, 0);
-    fill_pos.assign(cache_slots, 0);
-  }
   ENGRAM_ASSIGN_OR_RETURN(void* sp, DeviceAlloc(max_lookups * row_bytes, "device staging"));
   staging_dev = static_cast<std::byte*>(sp);
   ENGRAM_ASSIGN_OR_RETURN(void* dp, DeviceAlloc(desc_bytes, "descriptors"));
@@ -438,12 +446,119 @@ Status WorkingSet::Impl::Init() {
   zc_ok.assign(static_cast<std::size_t>(layers) * cols, 0);
   ENGRAM_RETURN_IF_ERROR(LoadRegions());
   ENGRAM_RETURN_IF_ERROR(ChoosePath());
+  if (device()) {
+    ENGRAM_RETURN_IF_ERROR(AllocatePipeline());
+  } else {
+    ENGRAM_RETURN_IF_ERROR(AllocateHostCache());
+  }
   ENGRAM_CUDA_RETURN(cudaStreamSynchronize(copy));
   st.path = path;
   st.path_reason = path_reason;
   st.staged_rows_per_second = staged_rate;
   st.zero_copy_rows_per_second = zero_copy_rate;
-  st.cache_slots = cache_slots;
+  st.cache_slots = device() ? static_cast<std::uint64_t>(dev_sets) * engram::detail::kSetWays : cache_slots;
+  return Status::Ok();
+}
+
+Status WorkingSet::Impl::AllocateHostCache() {
+  if (cache_slots > 0) {
+    ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * row_bytes, "cache rows"));
+    cache_rows = static_cast<std::byte*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * 8, "cache slot keys"));
+    slot_key = static_cast<std::uint64_t*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 8, "cache table keys"));
+    table_keys = static_cast<std::uint64_t*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(table_cap * 4, "cache table slots"));
+    table_slots = static_cast<std::int32_t*>(p);
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(slot_key, 0xFF, static_cast<std::uint64_t>(cache_slots) * 8, copy));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(table_keys, 0xFF, table_cap * 8, copy));
+    // Directory shards: one per 1,024 slots, at most 16 (small caches keep one policy over all slots).
+    const std::uint32_t nshards = std::clamp<std::uint32_t>(cache_slots / 1024, 1, 16);
+    shards.resize(nshards);
+    for (std::uint32_t k = 0; k < nshards; ++k) {
+      Shard& sh = shards[k];
+      sh.base = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * k / nshards);
+      const auto end = static_cast<std::uint32_t>(static_cast<std::uint64_t>(cache_slots) * (k + 1) / nshards);
+      sh.policy = std::make_unique<memory::RowCachePolicy>(end - sh.base, opt.policy);
+      sh.map.Init(end - sh.base);
+    }
+    if (nshards > 1) plan_pool = std::make_unique<engram::detail::ThreadPool>(nshards - 1);
+    key_in.assign(cache_slots, kEmptyKey);
+    fill_stamp.assign(cache_slots, 0);
+    fill_pos.assign(cache_slots, 0);
+  }
+  return Status::Ok();
+}
+
+Status WorkingSet::Impl::AllocatePipeline() {
+  cache_slots = 0;  // the host directory's cache is not used
+  const std::uint64_t ways = static_cast<std::uint64_t>(dev_sets) * engram::detail::kSetWays;
+  if (dev_sets > 0) {
+    ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(ways * row_bytes, "set cache rows"));
+    set_cache.rows = static_cast<std::byte*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(ways * 8, "set cache keys"));
+    set_cache.keys = static_cast<std::uint64_t*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(ways * sizeof(engram::detail::SetWay), "set cache ways"));
+    set_cache.ways = static_cast<engram::detail::SetWay*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(dev_sets) * 4, "set cache levels"));
+    set_cache.level = static_cast<float*>(p);
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(dev_sets) * 4, "set cache locks"));
+    set_cache.locks = static_cast<std::uint32_t*>(p);
+    set_cache.sets = dev_sets;
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.keys, 0xFF, ways * 8, copy));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.ways, 0, ways * sizeof(engram::detail::SetWay), copy));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.level, 0, static_cast<std::uint64_t>(dev_sets) * 4, copy));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.locks, 0, static_cast<std::uint64_t>(dev_sets) * 4, copy));
+  }
+  const auto t = static_cast<std::uint64_t>(opt.max_tokens);
+  ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(max_lookups * 8, "miss rows"));
+  miss_rows_dev = static_cast<std::int64_t*>(p);
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(max_lookups * 4, "miss list"));
+  miss_dev = static_cast<std::uint32_t*>(p);
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(layers) * 4, "miss counts"));
+  miss_count_dev = static_cast<std::uint32_t*>(p);
+  // Windows: each sequence's history and tokens; a step has at most max_tokens sequences and tokens.
+  const std::uint64_t win_bytes = Align(t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 16);
+  up_bytes = win_bytes + t * 4;
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(up_bytes, "hash windows"));
+  win_dev = static_cast<std::int32_t*>(p);
+  pos_dev = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(p) + win_bytes);
+  ENGRAM_ASSIGN_OR_RETURN(
+      p, DeviceAlloc(static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource), "column sources"));
+  colsrc_dev = static_cast<kernels::ColumnSource*>(p);
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(kernels::kNumDeviceCounters * 8, "counters"));
+  counters_dev = static_cast<unsigned long long*>(p);
+  ENGRAM_CUDA_RETURN(cudaMemsetAsync(counters_dev, 0, kernels::kNumDeviceCounters * 8, copy));
+  ENGRAM_CUDA_RETURN(
+      cudaHostAlloc(reinterpret_cast<void**>(&counters_host), kernels::kNumDeviceCounters * 8, cudaHostAllocDefault));
+  std::memset(counters_host, 0, kernels::kNumDeviceCounters * 8);
+  // Where each column's rows are: its HBM region, else its resident host region through the mapping.
+  std::vector<kernels::ColumnSource> src(static_cast<std::size_t>(layers) * cols);
+  for (int l = 0; l < layers; ++l) {
+    for (int c = 0; c < cols; ++c) {
+      kernels::ColumnSource& cs = src[LC(l, c)];
+      cs.first = layout.region_offset(l, c);
+      cs.order = static_cast<std::uint32_t>(2 + c / layout.heads());
+      if (region_base[LC(l, c)] != nullptr) {
+        cs.base = reinterpret_cast<std::uint64_t>(region_base[LC(l, c)]);
+      } else {
+        cs.base = reinterpret_cast<std::uint64_t>(host->ResidentRow(l, c, cs.first) + zc_delta[LC(l, c)]);
+        cs.cached = 1;
+      }
+    }
+  }
+  ENGRAM_CUDA_RETURN(
+      cudaMemcpy(colsrc_dev, src.data(), src.size() * sizeof(kernels::ColumnSource), cudaMemcpyHostToDevice));
+  for (int l = 0; l < layers; ++l) {
+    ENGRAM_ASSIGN_OR_RETURN(DeviceLayerHasher h, DeviceLayerHasher::Create(layout, l));
+    hashers.push_back(std::move(h));
+  }
+  up_host.assign(slots, nullptr);
+  up_free.assign(slots, nullptr);
+  for (std::uint32_t k = 0; k < slots; ++k) {
+    ENGRAM_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&up_host[k]), up_bytes, cudaHostAllocDefault));
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&up_free[k], cudaEventDisableTiming));
+  }
   return Status::Ok();
 }
 
@@ -524,6 +639,26 @@ Status WorkingSet::Impl::ChoosePath() {
   }
   if (resident == 0) why_not = "no resident host regions";
   const bool possible = why_not.empty();
+  // The device pipeline needs every region of every layer in HBM or readable through the mapping.
+  std::string why_not_device;
+  for (int l = 0; l < layers && why_not_device.empty(); ++l) {
+    for (int c = 0; c < cols; ++c) {
+      if (region_base[LC(l, c)] == nullptr && zc_ok[LC(l, c)] == 0) {
+        why_not_device = "region (layer index " + std::to_string(l) + ", column " + std::to_string(c) +
+                         ") is neither an HBM region nor resident in mapped host memory";
+        break;
+      }
+    }
+  }
+  const bool device_possible = why_not_device.empty();
+  if (opt.path == MissPath::kDevice) {
+    if (!device_possible) {
+      return Status::FailedPrecondition("working set: device pipeline asked for, but " + why_not_device);
+    }
+    path = MissPath::kDevice;
+    path_reason = "asked for";
+    return Status::Ok();
+  }
   if (opt.path == MissPath::kStaged) {
     path = MissPath::kStaged;
     path_reason = "asked for";
@@ -533,6 +668,12 @@ Status WorkingSet::Impl::ChoosePath() {
     if (!possible) return Status::FailedPrecondition("working set: zero-copy path asked for, but " + why_not);
     path = MissPath::kZeroCopy;
     path_reason = "asked for";
+    return Status::Ok();
+  }
+  if (!possible && device_possible) {
+    path = MissPath::kDevice;
+    path_reason = "every region is an HBM region: the step runs on the device";
+    Log(LogLevel::kInfo, "working set: device path ({})", path_reason);
     return Status::Ok();
   }
   if (!possible) {
@@ -608,6 +749,16 @@ Status WorkingSet::Impl::ChoosePath() {
                 std::to_string(static_cast<std::uint64_t>(zero_copy_rate)) + " rows/s (" + std::to_string(n) +
                 " random rows of " + std::to_string(row_bytes) + " B, " +
                 std::to_string(std::max<std::uint32_t>(opt.prefetch.gather_threads, 1)) + " gather threads)";
+  if (path == MissPath::kZeroCopy) {
+    // Reads through the mapping win, so the whole step goes to the device when it can: no host work per
+    // row at all.
+    if (device_possible) {
+      path = MissPath::kDevice;
+      path_reason += "; every region in HBM or mapped: the step runs on the device";
+    } else {
+      path_reason += "; no device pipeline: " + why_not_device;
+    }
+  }
   Log(LogLevel::kInfo, "working set: {} path; {}", MissPathName(path), path_reason);
   return Status::Ok();
 }
@@ -882,6 +1033,83 @@ void WorkingSet::Impl::Failed(StepId step, int l, const Status& status) {
   (void)status;
 }
 
+Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::SequenceInput> batch) {
+  if (batch.size() > static_cast<std::size_t>(opt.max_tokens)) {
+    return Status::InvalidArgument("working set: a step of " + std::to_string(batch.size()) +
+                                   " sequences is over max_tokens " + std::to_string(opt.max_tokens));
+  }
+  std::lock_guard<std::mutex> submit(submit_mu);
+  ENGRAM_ASSIGN_OR_RETURN(prefetch::StepWindows w, prefetcher->Append(batch));
+  const StepId step = next_device_step++;
+  const std::uint32_t slot = SlotOf(step);
+  const auto tokens = static_cast<std::uint64_t>(w.segment_begin.back());
+  const auto nseg = static_cast<std::uint32_t>(w.segment_begin.size() - 1);
+  const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
+  const std::uint64_t n = tokens * static_cast<std::uint64_t>(cols);
+  ENGRAM_ASSIGN_OR_RETURN(StepEvents * ev, EventsFor(step));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    step_tokens[step] = static_cast<std::int64_t>(tokens);
+  }
+  // Upload the windows and each token's position in them in one copy from this slot's pinned buffer,
+  // once its previous upload is done.
+  ENGRAM_CUDA_RETURN(cudaEventSynchronize(up_free[slot]));
+  std::byte* up = up_host[slot];
+  const auto t = static_cast<std::uint64_t>(opt.max_tokens);
+  const std::uint64_t win_bytes = Align(t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 16);
+  std::memcpy(up, w.window.data(), w.window.size() * 4);
+  auto* pos = reinterpret_cast<std::uint32_t*>(up + win_bytes);
+  for (std::uint32_t sg = 0; sg < nseg; ++sg) {
+    const auto at = static_cast<std::uint32_t>(w.segment_begin[sg] + sg * hist + hist);
+    for (std::uint32_t k = w.segment_begin[sg]; k < w.segment_begin[sg + 1]; ++k)
+      pos[k] = at + (k - w.segment_begin[sg]);
+  }
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[0], copy));
+  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(win_dev, up, w.window.size() * 4, cudaMemcpyHostToDevice, copy));
+  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(pos_dev, pos, tokens * 4, cudaMemcpyHostToDevice, copy));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], copy));
+  ENGRAM_CUDA_RETURN(cudaMemsetAsync(miss_count_dev, 0, static_cast<std::uint64_t>(layers) * 4, copy));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[0], copy));
+  for (int l = 0; l < layers; ++l) {
+    const auto li = static_cast<std::size_t>(l);
+    const std::size_t sl = SL(slot, l);
+    const auto flag = reinterpret_cast<CUdeviceptr>(flags + sl);
+    ENGRAM_RETURN_IF_ERROR(DriverStatus(memops.wait(copy, flag, 0, CU_STREAM_WAIT_VALUE_EQ), "cuStreamWaitValue32"));
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[li], copy));
+    kernels::ResolveArgs a;
+    a.window = win_dev;
+    a.token_pos = pos_dev;
+    a.hash = hashers[li].params();
+    a.columns = colsrc_dev + LC(l, 0);
+    a.num_columns = static_cast<std::uint32_t>(cols);
+    a.key_base = memory::RowKey(l, 0);
+    a.cache = set_cache;
+    a.miss_count = miss_count_dev + l;
+    a.misses = miss_dev;
+    a.miss_rows = miss_rows_dev;
+    a.counters = counters_dev;
+    a.out.rows_out = out_rows[sl];
+    a.out.bf16_out = reinterpret_cast<std::uint16_t*>(out_bf16[sl]);
+    a.out.n = n;
+    a.out.row_bytes = row_bytes;
+    a.out.dim = dim;
+    const std::size_t err = (step % kErrorRing) * static_cast<std::size_t>(layers) + li;
+    errors_host[err] = 0;
+    a.out.error = errors_dev + err;
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(a, copy));
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(a, n, copy));
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[li], copy));
+    ENGRAM_RETURN_IF_ERROR(
+        DriverStatus(memops.write(copy, flag, 1, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32"));
+  }
+  ENGRAM_CUDA_RETURN(
+      cudaMemcpyAsync(counters_host, counters_dev, kernels::kNumDeviceCounters * 8, cudaMemcpyDeviceToHost, copy));
+  std::lock_guard<std::mutex> lock(mu);
+  st.layers += static_cast<std::uint64_t>(layers);
+  st.staged_bytes += (w.window.size() + tokens) * 4;
+  return step;
+}
+
 void WorkingSet::Impl::RunFinisher() {
   std::unique_lock<std::mutex> lock(mu);
   while (true) {
@@ -892,7 +1120,7 @@ void WorkingSet::Impl::RunFinisher() {
     lock.unlock();
     Log(LogLevel::kDebug, "working set: finishing step {}", step);
     // The host side of every layer first (so every layer's copies are enqueued), then the copies.
-    for (int l = 0; l < layers; ++l) (void)prefetcher->Wait(step, l);
+    for (int l = 0; l < layers && !device(); ++l) (void)prefetcher->Wait(step, l);
     StepEvents* ev = nullptr;
     {
       std::lock_guard<std::mutex> g(mu);
@@ -901,14 +1129,17 @@ void WorkingSet::Impl::RunFinisher() {
     double copy_s = 0, assemble_s = 0;
     if (ev != nullptr) {
       cudaEventSynchronize(ev->copied[static_cast<std::size_t>(layers - 1)]);
-      (void)prefetcher->Finish(step);
+      if (!device()) (void)prefetcher->Finish(step);
       cudaEventSynchronize(ev->done[static_cast<std::size_t>(layers - 1)]);
       for (std::size_t l = 0; l < static_cast<std::size_t>(layers); ++l) {
         float a = 0, b = 0;
-        if (cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) copy_s += a / 1e3;
+        // The device pipeline records its upload once per step (layer 0's events).
+        if ((!device() || l == 0) && cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) {
+          copy_s += a / 1e3;
+        }
         if (cudaEventElapsedTime(&b, ev->flagged[l], ev->done[l]) == cudaSuccess) assemble_s += b / 1e3;
       }
-    } else {
+    } else if (!device()) {
       (void)prefetcher->Finish(step);
     }
     lock.lock();
@@ -971,6 +1202,13 @@ WorkingSet::Impl::~Impl() {
   }
   for (void* p : allocations) cudaFree(p);
   if (errors_host != nullptr) cudaFreeHost(errors_host);
+  if (counters_host != nullptr) cudaFreeHost(counters_host);
+  for (std::byte* p : up_host) {
+    if (p != nullptr) cudaFreeHost(p);
+  }
+  for (auto e : up_free) {
+    if (e != nullptr) cudaEventDestroy(e);
+  }
   if (copy != nullptr) cudaStreamDestroy(copy);
 }
 
@@ -1016,6 +1254,7 @@ Result<StepId> WorkingSet::Submit(std::span<const prefetch::SequenceInput> batch
     return Status::InvalidArgument("working set: a step of " + std::to_string(tokens) + " tokens is over max_tokens " +
                                    std::to_string(impl_->opt.max_tokens));
   }
+  if (impl_->device()) return impl_->SubmitDevice(batch);
   ENGRAM_ASSIGN_OR_RETURN(StepId id, impl_->prefetcher->Submit(batch));
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->step_tokens[id] = static_cast<std::int64_t>(tokens);
@@ -1102,7 +1341,15 @@ Result<DeviceLayerOutput> WorkingSet::Output(StepId step, int l) const {
 }
 
 Status WorkingSet::LayerStatus(StepId step, int l) {
-  ENGRAM_RETURN_IF_ERROR(impl_->prefetcher->Wait(step, l));
+  if (l < 0 || l >= impl_->layers) return Status::OutOfRange("working set: layer index " + std::to_string(l));
+  if (impl_->device()) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (step == 0 || step >= impl_->next_device_step) {
+      return Status::NotFound("working set: no step " + std::to_string(step) + " (never submitted)");
+    }
+  } else {
+    ENGRAM_RETURN_IF_ERROR(impl_->prefetcher->Wait(step, l));
+  }
   cudaEvent_t done = nullptr;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
@@ -1133,12 +1380,21 @@ Status WorkingSet::LookupAsync(int l, const std::int64_t* rows, std::uint32_t n,
                                Stream stream) const {
   const Impl& im = *impl_;
   if (l < 0 || l >= im.layers) return Status::OutOfRange("working set: layer index " + std::to_string(l));
+  if (im.device()) {
+    if (im.set_cache.sets == 0) return Status::FailedPrecondition("working set: no HBM cache (cache_bytes 0)");
+    return kernels::LaunchSetLookup(im.set_cache, memory::RowKey(l, 0), rows, n, slots, stream);
+  }
   if (im.cache_slots == 0) return Status::FailedPrecondition("working set: no HBM cache (cache_bytes 0)");
   kernels::TableArgs t{im.table_keys, im.table_slots, im.slot_key, im.table_cap - 1};
   return kernels::LaunchTableLookup(t, memory::RowKey(l, 0), rows, n, slots, stream);
 }
 
 const std::byte* WorkingSet::CacheSlotRow(std::int32_t slot) const noexcept {
+  if (impl_->device()) {
+    const std::uint64_t ways = static_cast<std::uint64_t>(impl_->set_cache.sets) * engram::detail::kSetWays;
+    if (slot < 0 || static_cast<std::uint64_t>(slot) >= ways) return nullptr;
+    return impl_->set_cache.rows + static_cast<std::uint64_t>(slot) * impl_->row_bytes;
+  }
   if (slot < 0 || static_cast<std::uint32_t>(slot) >= impl_->cache_slots) return nullptr;
   return impl_->cache_rows + static_cast<std::uint64_t>(slot) * impl_->row_bytes;
 }
@@ -1162,6 +1418,17 @@ WorkingSetStats WorkingSet::stats() const {
   }
   s.device_bytes = im.device_bytes;
   s.host = im.prefetcher->stats();
+  if (im.device()) {
+    // As of the last step whose counters came back (each step's copy stream work ends with them).
+    std::uint64_t c[kernels::kNumDeviceCounters];
+    std::memcpy(c, im.counters_host, sizeof(c));
+    s.cache_hits = c[kernels::kCacheHits];
+    s.zero_copy_rows = c[kernels::kHostReads];
+    s.hbm_region_hits = c[kernels::kRegionReads];
+    s.admissions = c[kernels::kAdmissions];
+    s.evictions = c[kernels::kEvictions];
+    s.cache_held = s.admissions - s.evictions;
+  }
   return s;
 }
 

@@ -43,39 +43,106 @@ __device__ __forceinline__ unsigned Bf16(float f) {
   return (u + 0x7FFFU + ((u >> 16) & 1U)) >> 16;
 }
 
+// A row of up to kRegWords 4-byte words held by a warp: lane L has words L, L + 32, L + 64 and L + 96.
+// All of a row's loads are issued before any store, so a row read through the mapping costs one PCIe
+// round trip rather than one per 128 bytes (a load/store loop cannot be reordered: out may alias src).
+constexpr std::uint32_t kRegWords = 128;
+
+__device__ __forceinline__ void LoadRow(const std::uint32_t* src, std::uint32_t words, unsigned lane,
+                                        std::uint32_t (&v)[4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const std::uint32_t w = lane + 32U * k;
+    v[k] = (src != nullptr && w < words) ? src[w] : 0U;
+  }
+}
+
+__device__ __forceinline__ void StoreRow(std::uint32_t* dst, std::uint32_t words, unsigned lane,
+                                         const std::uint32_t (&v)[4]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const std::uint32_t w = lane + 32U * k;
+    if (w < words) dst[w] = v[k];
+  }
+}
+
+// Word `w` of a row held as LoadRow left it (every lane of the warp must call it).
+__device__ __forceinline__ std::uint32_t WordOf(const std::uint32_t (&v)[4], std::uint32_t w) {
+  const int from = static_cast<int>(w & 31U);
+  const std::uint32_t r0 = __shfl_sync(0xFFFFFFFFU, v[0], from);
+  const std::uint32_t r1 = __shfl_sync(0xFFFFFFFFU, v[1], from);
+  const std::uint32_t r2 = __shfl_sync(0xFFFFFFFFU, v[2], from);
+  const std::uint32_t r3 = __shfl_sync(0xFFFFFFFFU, v[3], from);
+  const std::uint32_t k = w >> 5;
+  return k == 0 ? r0 : (k == 1 ? r1 : (k == 2 ? r2 : r3));
+}
+
+// Eight BF16 values of codes k..k+7 (lo, hi: their code words; s: their scale) into one uint4.
+__device__ __forceinline__ uint4 Dequant8(std::uint32_t lo, std::uint32_t hi, unsigned s, bool& bad) {
+  const float scale = Scale(s);
+  unsigned h[8];
+  bad = s == 0xFFU;
+  for (int j = 0; j < 8; ++j) {
+    const unsigned c = ((j < 4 ? lo : hi) >> ((j & 3) * 8)) & 0xFFU;
+    bad = bad || (c & 0x7FU) == 0x7FU;
+    h[j] = Bf16(E4M3(c) * scale);
+  }
+  return make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
+}
+
+// Writes lookup i's outputs from `src` (nullptr: a DEAD position, zeros). The calling warp's lanes
+// share the row; every lane must call it (it shuffles).
+__device__ __forceinline__ void EmitLookup(const AssembleArgs& a, std::uint64_t i, const std::uint32_t* src,
+                                           unsigned lane) {
+  const std::uint32_t words = a.row_bytes / 4;
+  if (words <= kRegWords) {
+    std::uint32_t v[4];
+    LoadRow(src, words, lane, v);
+    if (a.rows_out != nullptr) StoreRow(reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes), words, lane, v);
+    if (a.bf16_out == nullptr) return;
+    // Codes k..k+7 are words k/4 and k/4 + 1; their scale is byte k/32 after the dim codes.
+    for (std::uint32_t k0 = 0; k0 < a.dim; k0 += 256) {
+      const std::uint32_t k = k0 + lane * 8;
+      const std::uint32_t lo = WordOf(v, k / 4);
+      const std::uint32_t hi = WordOf(v, k / 4 + 1);
+      const std::uint32_t sb = a.dim + k / 32;
+      const unsigned s = (WordOf(v, sb / 4) >> ((sb % 4) * 8)) & 0xFFU;
+      if (k >= a.dim) continue;
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (src != nullptr) {
+        bool bad = false;
+        out = Dequant8(lo, hi, s, bad);
+        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
+      }
+      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
+    }
+    return;
+  }
+  // Rows over 512 bytes: word by word.
+  if (a.rows_out != nullptr) {
+    auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
+    for (std::uint32_t w = lane; w < words; w += 32) out[w] = src != nullptr ? src[w] : 0U;
+  }
+  if (a.bf16_out != nullptr) {
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(src);
+    for (std::uint32_t k = lane * 8; k < a.dim; k += 256) {
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (src != nullptr) {
+        bool bad = false;
+        out = Dequant8(src[k / 4], src[k / 4 + 1], bytes[a.dim + k / 32], bad);
+        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
+      }
+      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) AssembleKernel(AssembleArgs a) {
   const unsigned lane = threadIdx.x & 31U;
   const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
-  const std::uint32_t words = a.row_bytes / 4;
   for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; i < a.n;
        i += warps) {
-    const auto* src = a.src != nullptr ? reinterpret_cast<const std::uint32_t*>(a.src[i]) : nullptr;
-    if (a.rows_out != nullptr) {
-      auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
-      for (std::uint32_t w = lane; w < words; w += 32) out[w] = src != nullptr ? src[w] : 0U;
-    }
-    if (a.bf16_out != nullptr) {
-      const auto* bytes = reinterpret_cast<const std::uint8_t*>(src);
-      for (std::uint32_t k = lane * 8; k < a.dim; k += 256) {
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (src != nullptr) {
-          const std::uint32_t lo = src[k / 4];
-          const std::uint32_t hi = src[k / 4 + 1];
-          const unsigned s = bytes[a.dim + k / 32];
-          const float scale = Scale(s);
-          unsigned h[8];
-          bool bad = s == 0xFFU;
-          for (int j = 0; j < 8; ++j) {
-            const unsigned c = ((j < 4 ? lo : hi) >> ((j & 3) * 8)) & 0xFFU;
-            bad = bad || (c & 0x7FU) == 0x7FU;
-            h[j] = Bf16(E4M3(c) * scale);
-          }
-          if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
-          v = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
-        }
-        *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = v;
-      }
-    }
+    EmitLookup(a, i, a.src != nullptr ? reinterpret_cast<const std::uint32_t*>(a.src[i]) : nullptr, lane);
   }
 }
 
@@ -88,7 +155,13 @@ __global__ void __launch_bounds__(kThreads)
     const auto* src = reinterpret_cast<const std::uint32_t*>(fills[2 * i]);
     auto* dst = reinterpret_cast<std::uint32_t*>(fills[2 * i + 1]);
     if (src == nullptr) continue;
-    for (std::uint32_t w = lane; w < words; w += 32) dst[w] = src[w];
+    if (words <= kRegWords) {
+      std::uint32_t v[4];
+      LoadRow(src, words, lane, v);
+      StoreRow(dst, words, lane, v);
+    } else {
+      for (std::uint32_t w = lane; w < words; w += 32) dst[w] = src[w];
+    }
   }
 }
 
@@ -101,7 +174,13 @@ __global__ void __launch_bounds__(kThreads)
        i += warps) {
     const auto* src = reinterpret_cast<const std::uint32_t*>(srcs[i]);
     auto* dst = reinterpret_cast<std::uint32_t*>(out + i * row_bytes);
-    for (std::uint32_t w = lane; w < words; w += 32) dst[w] = src[w];
+    if (words <= kRegWords) {
+      std::uint32_t v[4];
+      LoadRow(src, words, lane, v);
+      StoreRow(dst, words, lane, v);
+    } else {
+      for (std::uint32_t w = lane; w < words; w += 32) dst[w] = src[w];
+    }
   }
 }
 
@@ -187,6 +266,175 @@ __global__ void TableLookupKernel(TableArgs t, std::uint64_t base, const std::in
   }
 }
 
+namespace sc = engram::detail;
+
+// The device address of lookup i's row in its region (HBM region or mapped host).
+__device__ __forceinline__ const std::uint32_t* SourceOf(const ColumnSource& cs, std::int64_t row,
+                                                         std::uint32_t row_bytes) {
+  return reinterpret_cast<const std::uint32_t*>(cs.base + static_cast<std::uint64_t>(row - cs.first) * row_bytes);
+}
+
+// Column c's row for the token whose id is x[0] (not DEAD), x[-1], x[-2], ... its history: exactly
+// engram::LayerHasher (a DEAD id and every older one read as the pad id).
+__device__ __forceinline__ std::int64_t HashRow(const DeviceHashParams& h, const std::int32_t* x, int order,
+                                                std::uint32_t c) {
+  std::uint64_t mix = static_cast<std::uint64_t>(x[0]) * h.multipliers[0];
+  bool dead = false;
+  for (int j = 1; j < order; ++j) {
+    const std::int32_t v = x[-j];
+    dead = dead || v < 0;
+    mix ^= (dead ? h.pad : static_cast<std::uint64_t>(v)) * h.multipliers[j];
+  }
+  return engram::detail::RegionRow(mix, h.regions[c]);
+}
+
+__global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveArgs a) {
+  __shared__ unsigned long long counts[3];  // hits, host reads, region reads of this block
+  if (threadIdx.x < 3) counts[threadIdx.x] = 0;
+  __syncthreads();
+  const unsigned lane = threadIdx.x & 31U;
+  const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
+  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; i < a.out.n;
+       i += warps) {
+    const std::uint64_t t = i / a.num_columns;
+    const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+    const std::uint32_t* src = nullptr;
+    const std::int32_t* x = a.window + a.token_pos[t];
+    if (*x >= 0) {
+      const ColumnSource cs = a.columns[c];
+      const std::int64_t row = HashRow(a.hash, x, static_cast<int>(cs.order), c);
+      src = SourceOf(cs, row, a.out.row_bytes);
+      int kind = cs.cached != 0 ? 1 : 2;  // 0 hit, 1 host read, 2 region read
+      if (cs.cached != 0 && a.cache.sets != 0) {
+        const std::uint64_t key = a.key_base | static_cast<std::uint64_t>(row);
+        const std::uint32_t set = sc::SetOf(key, a.cache.sets);
+        const std::uint64_t b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
+        const bool match = lane < sc::kSetWays && a.cache.keys[b0 + lane] == key;
+        const unsigned hit = __ballot_sync(0xFFFFFFFFU, match);
+        if (hit != 0) {
+          const std::uint64_t slot = b0 + static_cast<std::uint64_t>(__ffs(hit) - 1);
+          src = reinterpret_cast<const std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
+          kind = 0;
+          if (lane == 0) {
+            a.cache.ways[slot].base = a.cache.level[set];
+            atomicAdd(&a.cache.ways[slot].reads, 1U);
+          }
+        } else if (lane == 0) {
+          const unsigned k = atomicAdd(a.miss_count, 1U);
+          a.misses[k] = static_cast<std::uint32_t>(i);
+          a.miss_rows[k] = row;
+        }
+      }
+      if (lane == 0) atomicAdd(&counts[kind], 1ULL);
+    }
+    EmitLookup(a.out, i, src, lane);
+  }
+  __syncthreads();
+  if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
+    const int k = threadIdx.x == 0 ? kCacheHits : (threadIdx.x == 1 ? kHostReads : kRegionReads);
+    atomicAdd(a.counters + k, counts[threadIdx.x]);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) AdmitKernel(ResolveArgs a) {
+  const unsigned lane = threadIdx.x & 31U;
+  const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
+  const std::uint32_t count = *a.miss_count;
+  const std::uint32_t words = a.out.row_bytes / 4;
+  for (std::uint64_t k = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; k < count;
+       k += warps) {
+    const std::uint64_t i = a.misses[k];
+    const std::uint64_t t = i / a.num_columns;
+    const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+    const std::int64_t row = a.miss_rows[k];
+    const ColumnSource cs = a.columns[c];
+    const std::uint64_t key = a.key_base | static_cast<std::uint64_t>(row);
+    const std::uint32_t set = sc::SetOf(key, a.cache.sets);
+    const std::uint64_t b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
+    if (lane == 0) {
+      while (atomicCAS(a.cache.locks + set, 0U, 1U) != 0U) __nanosleep(64);
+      __threadfence();
+    }
+    __syncwarp();
+    // Under the set's lock: the previous holder's writes are visible (its fence before release); read
+    // past the L1.
+    std::uint64_t way_key = sc::kSetEmptyKey;
+    float priority = 3.0e38F;
+    if (lane < sc::kSetWays) {
+      way_key = __ldcg(reinterpret_cast<const unsigned long long*>(a.cache.keys + b0 + lane));
+      const float4 w = __ldcg(reinterpret_cast<const float4*>(a.cache.ways + b0 + lane));
+      sc::SetWay sw{w.x, w.y, __float_as_uint(w.z), 0};
+      priority = sc::Priority(sw);
+    }
+    const unsigned present = __ballot_sync(0xFFFFFFFFU, lane < sc::kSetWays && way_key == key);
+    const unsigned empty = __ballot_sync(0xFFFFFFFFU, lane < sc::kSetWays && way_key == sc::kSetEmptyKey);
+    if (present == 0) {
+      int victim = 0;
+      float level = 0;
+      if (empty != 0) {
+        victim = __ffs(empty) - 1;
+        level = __ldcg(a.cache.level + set);
+      } else {
+        // The lowest priority (the lowest way among equals), as the CPU model picks it.
+        float p = priority;
+        int w = static_cast<int>(lane);
+        for (int off = 16; off > 0; off >>= 1) {
+          const float po = __shfl_down_sync(0xFFFFFFFFU, p, off);
+          const int wo = __shfl_down_sync(0xFFFFFFFFU, w, off);
+          if (po < p || (po == p && wo < w)) {
+            p = po;
+            w = wo;
+          }
+        }
+        victim = __shfl_sync(0xFFFFFFFFU, w, 0);
+        level = __shfl_sync(0xFFFFFFFFU, p, 0);
+      }
+      const std::uint64_t slot = b0 + static_cast<std::uint64_t>(victim);
+      const std::uint32_t* from = a.out.rows_out != nullptr
+                                      ? reinterpret_cast<const std::uint32_t*>(a.out.rows_out + i * a.out.row_bytes)
+                                      : SourceOf(cs, row, a.out.row_bytes);
+      auto* to = reinterpret_cast<std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
+      if (words <= kRegWords) {
+        std::uint32_t v[4];
+        LoadRow(from, words, lane, v);
+        StoreRow(to, words, lane, v);
+      } else {
+        for (std::uint32_t w = lane; w < words; w += 32) to[w] = from[w];
+      }
+      __syncwarp();
+      if (lane == 0) {
+        if (empty == 0) a.cache.level[set] = level;
+        a.cache.keys[slot] = key;
+        a.cache.ways[slot] = sc::AdmittedWay(level, static_cast<int>(cs.order));
+        atomicAdd(a.counters + kAdmissions, 1ULL);
+        if (empty == 0) atomicAdd(a.counters + kEvictions, 1ULL);
+      }
+    }
+    if (lane == 0) {
+      __threadfence();
+      atomicExch(a.cache.locks + set, 0U);
+    }
+    __syncwarp();
+  }
+}
+
+__global__ void SetLookupKernel(SetCacheArgs cache, std::uint64_t base, const std::int64_t* rows, std::uint32_t n,
+                                std::int32_t* out) {
+  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
+    const std::uint64_t key = base | static_cast<std::uint64_t>(rows[i]);
+    const std::uint64_t b0 = static_cast<std::uint64_t>(sc::SetOf(key, cache.sets)) * sc::kSetWays;
+    std::int32_t found = -1;
+    for (std::uint32_t w = 0; w < sc::kSetWays; ++w) {
+      if (cache.keys[b0 + w] == key) {
+        found = static_cast<std::int32_t>(b0 + w);
+        break;
+      }
+    }
+    out[i] = found;
+  }
+}
+
 }  // namespace
 
 Status Preload() {
@@ -194,7 +442,8 @@ Status Preload() {
       reinterpret_cast<const void*>(AssembleKernel),    reinterpret_cast<const void*>(FillKernel),
       reinterpret_cast<const void*>(GatherKernel),      reinterpret_cast<const void*>(TableEraseKernel),
       reinterpret_cast<const void*>(TableInsertKernel), reinterpret_cast<const void*>(TableRebuildKernel),
-      reinterpret_cast<const void*>(TableLookupKernel)};
+      reinterpret_cast<const void*>(TableLookupKernel), reinterpret_cast<const void*>(ResolveKernel),
+      reinterpret_cast<const void*>(AdmitKernel),       reinterpret_cast<const void*>(SetLookupKernel)};
   for (const void* f : fns) {
     cudaFuncAttributes attr{};
     ENGRAM_CUDA_RETURN(cudaFuncGetAttributes(&attr, f));
@@ -244,6 +493,27 @@ Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::
   if (n == 0) return Status::Ok();
   TableLookupKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(t, key_base, rows, n, slots_out);
   return Launched("cache table lookup kernel");
+}
+
+Status LaunchResolve(const ResolveArgs& a, cudaStream_t stream) {
+  if (a.out.n == 0) return Status::Ok();
+  ResolveKernel<<<Blocks(a.out.n, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+  return Launched("resolve kernel");
+}
+
+Status LaunchAdmit(const ResolveArgs& a, std::uint64_t max_misses, cudaStream_t stream) {
+  if (max_misses == 0 || a.cache.sets == 0) return Status::Ok();
+  // The count is known only on the device: enough warps to cover a few thousand misses in one pass,
+  // striding over the rest.
+  AdmitKernel<<<Blocks(std::min<std::uint64_t>(max_misses, 1ULL << 14), kWarpsPerBlock), kThreads, 0, stream>>>(a);
+  return Launched("admit kernel");
+}
+
+Status LaunchSetLookup(const SetCacheArgs& c, std::uint64_t key_base, const std::int64_t* rows, std::uint32_t n,
+                       std::int32_t* slots_out, cudaStream_t stream) {
+  if (n == 0) return Status::Ok();
+  SetLookupKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(c, key_base, rows, n, slots_out);
+  return Launched("cache lookup kernel");
 }
 
 }  // namespace engram::gpu::kernels

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engram/detail/set_cache.hpp"
+#include "engram/gpu/hash.hpp"
 #include "engram/status.hpp"
 
 namespace engram::gpu::kernels {
@@ -52,5 +54,55 @@ Status LaunchTableRebuild(const TableArgs& t, std::uint32_t cache_slots, cudaStr
 // slots_out[i] = slot of (key_base | rows[i]), or -1.
 Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::int64_t* rows, std::uint32_t n,
                          std::int32_t* slots_out, cudaStream_t stream);
+
+// The device pipeline (MissPath::kDevice): a layer's lookups resolved and assembled on the device.
+// Where each column's rows come from: a device-readable address (an HBM region, or a resident host
+// region through its mapping) of the region's first row.
+struct ColumnSource {
+  std::uint64_t base = 0;
+  std::int64_t first = 0;    // the region's first global row id
+  std::uint32_t cached = 0;  // 1: looked up in (and admitted to) the set cache; 0: an HBM region
+  std::uint32_t order = 0;   // n-gram order
+};
+
+// The set-associative cache (detail/set_cache.hpp). sets == 0: none.
+struct SetCacheArgs {
+  std::uint64_t* keys = nullptr;           // [sets * kSetWays], kSetEmptyKey if empty
+  engram::detail::SetWay* ways = nullptr;  // [sets * kSetWays]
+  float* level = nullptr;                  // [sets]
+  std::uint32_t* locks = nullptr;          // [sets], 0 free
+  std::byte* rows = nullptr;               // [sets * kSetWays, row_bytes]
+  std::uint32_t sets = 0;
+};
+
+// Device counters of the pipeline, accumulated over its life.
+enum DeviceCounter : int { kCacheHits = 0, kHostReads, kRegionReads, kAdmissions, kEvictions, kNumDeviceCounters };
+
+struct ResolveArgs {
+  // Hashing, fused: lookup t * columns + c hashes the window ending at window[token_pos[t]] (that
+  // token's id, kDeadId if DEAD; the ids before it are its history) for column c.
+  const std::int32_t* window = nullptr;
+  const std::uint32_t* token_pos = nullptr;  // [n / columns]
+  DeviceHashParams hash;
+  const ColumnSource* columns = nullptr;  // [columns], this layer's
+  std::uint32_t num_columns = 0;
+  std::uint64_t key_base = 0;  // memory::RowKey(layer, 0)
+  SetCacheArgs cache;
+  std::uint32_t* miss_count = nullptr;     // zeroed before the layer
+  std::uint32_t* misses = nullptr;         // [n]: lookups to admit
+  std::int64_t* miss_rows = nullptr;       // [n]: their rows
+  unsigned long long* counters = nullptr;  // [kNumDeviceCounters]
+  AssembleArgs out;                        // src unused
+};
+
+// One warp per lookup: hashes it, finds the row (HBM region, cache hit, or the host through the mapping), writes
+// the layer's outputs as LaunchAssemble does, and lists cache misses for LaunchAdmit.
+Status LaunchResolve(const ResolveArgs& a, cudaStream_t stream);
+// Admits the listed misses into the set cache, under per-set locks (a repeated row once), copying each
+// from the layer's row output if there is one, else from its source again. `max_misses` bounds the list.
+Status LaunchAdmit(const ResolveArgs& a, std::uint64_t max_misses, cudaStream_t stream);
+// slots_out[i] = cache slot of (key_base | rows[i]), or -1.
+Status LaunchSetLookup(const SetCacheArgs& c, std::uint64_t key_base, const std::int64_t* rows, std::uint32_t n,
+                       std::int32_t* slots_out, cudaStream_t stream);
 
 }  // namespace engram::gpu::kernels

@@ -360,11 +360,9 @@ TEST_F(WorkingSetTest, DestroyingWithStepsNeverConsumedReturns) {
   SUCCEED();
 }
 
-TEST_F(WorkingSetTest, GraphReplayOfTheConsumingSideEqualsEagerResults) {
-  WorkingSetOptions o;
-  o.cache_bytes = 256ULL << 10;
-  o.steps_in_flight = 2;
-  auto ws = Make(nullptr, o);
+// The consuming side of decode steps captured once per slot and replayed: results equal the CPU backend.
+void GraphReplayEqualsEager(WorkingSet* ws, const std::vector<StepInput>& steps_,
+                            const std::vector<std::vector<LayerBytes>>& expect_) {
   ASSERT_NE(ws, nullptr);
   const int layers = ws->layout().num_layers();
   // Decode steps only (fixed shape): 6 sequences x 1 token. The consumer copies each layer's BF16 output
@@ -417,6 +415,24 @@ TEST_F(WorkingSetTest, GraphReplayOfTheConsumingSideEqualsEagerResults) {
   }
   for (auto e : exec) cudaGraphExecDestroy(e);
   cudaFree(consumed);
+}
+
+TEST_F(WorkingSetTest, GraphReplayOfTheConsumingSideEqualsEagerResults) {
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.steps_in_flight = 2;
+  auto ws = Make(nullptr, o);
+  GraphReplayEqualsEager(ws.get(), steps_, expect_);
+}
+
+TEST_F(WorkingSetTest, GraphReplayOverTheDevicePipelineEqualsEagerResults) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.steps_in_flight = 2;
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  GraphReplayEqualsEager(ws.get(), steps_, expect_);
 }
 
 TEST_F(WorkingSetTest, ACorruptRowFailsItsLayerWithZerosAndLaterStepsAreServed) {
@@ -475,6 +491,142 @@ TEST_F(WorkingSetTest, ACorruptRowFailsItsLayerWithZerosAndLaterStepsAreServed) 
   }
   ASSERT_TRUE((*ws)->Finish(*sid2).ok());
   ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+}
+
+TEST_F(WorkingSetTest, DevicePipelineWithoutCacheMatchesTheCpuBackend) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 0;
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  const auto st = ws->stats();
+  EXPECT_EQ(st.path, MissPath::kDevice);
+  EXPECT_EQ(st.cache_hits, 0U);
+  EXPECT_GT(st.zero_copy_rows, 0U);
+  EXPECT_EQ(st.staged_rows, 0U);
+  EXPECT_EQ(st.host.steps, 0U);  // the prefetcher's worker served nothing: the device did it all
+}
+
+TEST_F(WorkingSetTest, DevicePipelineCacheHitsAndEvictionsMatchTheCpuBackend) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;  // 55 sets of 16: the workload reads more distinct rows
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  const auto st = ws->stats();
+  EXPECT_GT(st.cache_hits, 0U);
+  EXPECT_GT(st.admissions, 0U);
+  EXPECT_GT(st.evictions, 0U);
+  EXPECT_LE(st.cache_held, st.cache_slots);
+}
+
+TEST_F(WorkingSetTest, DevicePipelineWithHbmRegionsMatches) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 1ULL << 20;
+  o.path = MissPath::kDevice;
+  for (int c = 0; c < f_->store->layout().columns(); ++c) o.hbm_regions.push_back({0, c});
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  const auto st = ws->stats();
+  EXPECT_GT(st.hbm_region_hits, 0U);
+  EXPECT_GT(st.zero_copy_rows, 0U);  // layer 1 is read from the host tier
+}
+
+TEST_F(WorkingSetTest, EveryRegionInHbmRunsOnTheDeviceWithoutAHostTier) {
+  WorkingSetOptions o;
+  o.cache_bytes = 0;
+  o.path = MissPath::kAuto;
+  for (int l = 0; l < f_->store->layout().num_layers(); ++l) {
+    for (int c = 0; c < f_->store->layout().columns(); ++c) o.hbm_regions.push_back({l, c});
+  }
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  EXPECT_EQ(ws->stats().path, MissPath::kDevice) << ws->stats().path_reason;
+  RunAndCompare(*ws, steps_, expect_);
+}
+
+TEST_F(WorkingSetTest, TheDevicePipelineWithoutResidentRegionsIsRefused) {
+  WorkingSetOptions o;
+  o.path = MissPath::kDevice;
+  o.max_tokens = 512;
+  auto ws = WorkingSet::Create(*f_->store, f_->version, nullptr, o);
+  ASSERT_FALSE(ws.ok());
+  EXPECT_EQ(ws.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(ws.status().message().find("column"), std::string::npos) << ws.status().ToString();
+}
+
+TEST_F(WorkingSetTest, DevicePipelineStaysWithinTheBudget) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 8ULL << 20;
+  o.device_budget_bytes = 64ULL << 20;
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  EXPECT_LE(ws->stats().device_bytes, o.device_budget_bytes);
+}
+
+TEST_F(WorkingSetTest, DevicePipelineLookupAgreesWithTheCachedRows) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 64ULL << 20;  // ~14 K sets of 16: no set overflows, every row read is held
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  EXPECT_EQ(ws->stats().evictions, 0U);
+  const Layout& layout = ws->layout();
+  std::vector<std::int64_t> rows = test::ReferenceRows(layout, 1, steps_[0].tokens[0]);
+  rows.push_back(layout.layer_rows(1) - 1);  // almost surely never read
+  const auto n = static_cast<std::uint32_t>(rows.size());
+  std::int64_t* d_rows = nullptr;
+  std::int32_t* d_slots = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_rows), n * 8), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_slots), n * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_rows, rows.data(), n * 8, cudaMemcpyHostToDevice), cudaSuccess);
+  Stream stream;
+  ASSERT_TRUE(ws->LookupAsync(1, d_rows, n, d_slots, stream.s).ok());
+  std::vector<std::int32_t> slots(n);
+  ASSERT_EQ(cudaMemcpyAsync(slots.data(), d_slots, n * 4, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+  const auto expect = test::ExpectedRows(layout, 1, rows);
+  for (std::uint32_t i = 0; i + 1 < n; ++i) {
+    ASSERT_GE(slots[i], 0) << "row " << rows[i] << " not found on the device";
+    std::vector<std::byte> got(layout.row_bytes());
+    ASSERT_EQ(cudaMemcpy(got.data(), ws->CacheSlotRow(slots[i]), got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(std::memcmp(got.data(), expect.data() + static_cast<std::size_t>(i) * layout.row_bytes(), got.size()), 0)
+        << "row " << rows[i];
+  }
+  EXPECT_EQ(slots[n - 1], -1);
+  cudaFree(d_rows);
+  cudaFree(d_slots);
+}
+
+TEST_F(WorkingSetTest, DestroyingADevicePipelineWithStepsNeverConsumedReturns) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.steps_in_flight = 2;
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  auto seq = *ws->CreateSequence();
+  for (int s = 0; s < 4; ++s) {
+    std::vector<SequenceInput> batch{{seq, steps_[static_cast<std::size_t>(s) + 1].tokens[0], {}}};
+    ASSERT_TRUE(ws->Submit(batch).ok());
+  }
+  ws.reset();  // must return
+  SUCCEED();
 }
 
 }  // namespace

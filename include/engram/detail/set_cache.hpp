@@ -14,11 +14,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define ENGRAM_HD __host__ __device__ __forceinline__
-#else
-#define ENGRAM_HD inline
-#endif
+#include "engram/detail/hash_math.hpp"  // ENGRAM_HOST_DEVICE
 
 namespace engram::detail {
 
@@ -33,7 +29,7 @@ struct SetWay {
   std::uint32_t pad = 0;
 };
 
-ENGRAM_HD std::uint64_t SetMix(std::uint64_t x) {
+ENGRAM_HOST_DEVICE inline std::uint64_t SetMix(std::uint64_t x) {
   x ^= x >> 33;
   x *= 0xFF51AFD7ED558CCDULL;
   x ^= x >> 33;
@@ -43,25 +39,25 @@ ENGRAM_HD std::uint64_t SetMix(std::uint64_t x) {
 }
 
 // The set of `key` among `sets`.
-ENGRAM_HD std::uint32_t SetOf(std::uint64_t key, std::uint32_t sets) {
+ENGRAM_HOST_DEVICE inline std::uint32_t SetOf(std::uint64_t key, std::uint32_t sets) {
   return static_cast<std::uint32_t>(((SetMix(key) >> 32) * static_cast<std::uint64_t>(sets)) >> 32);
 }
 
-ENGRAM_HD float OrderWeight(int order) {
+ENGRAM_HOST_DEVICE inline float OrderWeight(int order) {
   const float w = 1.0F - 0.25F * static_cast<float>(order - 2);
   return w < 0.25F ? 0.25F : w;
 }
 
-ENGRAM_HD float Priority(const SetWay& w) {
+ENGRAM_HOST_DEVICE inline float Priority(const SetWay& w) {
   return w.base + w.weight * static_cast<float>(w.reads);
 }
 
-ENGRAM_HD void OnSetHit(SetWay& w, float level) {
+ENGRAM_HOST_DEVICE inline void OnSetHit(SetWay& w, float level) {
   w.base = level;
   ++w.reads;
 }
 
-ENGRAM_HD SetWay AdmittedWay(float level, int order) {
+ENGRAM_HOST_DEVICE inline SetWay AdmittedWay(float level, int order) {
   return SetWay{level, OrderWeight(order), 1, 0};
 }
 

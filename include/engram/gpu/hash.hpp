@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "engram/detail/hash_math.hpp"
 #include "engram/gpu/device.hpp"
 #include "engram/layout.hpp"
 #include "engram/status.hpp"
@@ -22,6 +23,16 @@ struct HashBatch {
   std::int64_t* rows = nullptr;  // num_tokens * columns outputs: rows[t * columns + c]
 };
 
+// What a kernel needs to hash one layer itself (engram::Hasher's arithmetic, detail/hash_math.hpp):
+// for kernels that fuse hashing with what they do with the rows (the working set's device pipeline).
+struct DeviceHashParams {
+  const engram::detail::RegionHash* regions = nullptr;  // device array, by column
+  std::uint64_t multipliers[kMaxNgram] = {};
+  std::uint64_t pad = 0;  // the pad id, standing in for DEAD and pre-start positions
+  int heads = 0;
+  int max_ngram = 0;
+};
+
 // The constants of one Engram layer on the device. Move-only; owns a small device allocation.
 class DeviceLayerHasher {
  public:
@@ -35,6 +46,8 @@ class DeviceLayerHasher {
   ~DeviceLayerHasher();
 
   [[nodiscard]] int columns() const noexcept { return columns_; }
+  // Valid while this hasher lives.
+  [[nodiscard]] DeviceHashParams params() const noexcept;
 
   // Enqueues the hash of `batch` on `stream`; returns without waiting. Errors: a launch failure
   // (kInternal with CUDA's message). Ids must be valid (as for engram::Hasher).

@@ -44,16 +44,23 @@ enum class MissPath : std::uint8_t {
   kAuto,      // measure both at Create on this machine, keep the faster (staged when zero-copy is impossible)
   kStaged,    // host gathers into pinned staging, one cudaMemcpyAsync per layer
   kZeroCopy,  // rows of resident host regions are read by the kernel through mapped memory; other rows staged
+  // The whole step on the device, when every region is an HBM region or resident in mapped host memory:
+  // the host only appends the ids and uploads the hash windows; kernels hash them (gpu/hash.hpp), look up
+  // a set-associative HBM cache whose admission and eviction are decided on the device
+  // (detail/set_cache.hpp), read misses through the mapping and assemble. No host work per row, so a
+  // step's rows are ready as fast as the kernels run. kAuto takes it when zero-copy measures faster.
+  kDevice,
 };
 
 [[nodiscard]] const char* MissPathName(MissPath p) noexcept;
 
 struct WorkingSetOptions {
   // Bytes of GPU memory for the HBM row cache: row slots plus its directory (8 B per slot and a device
-  // hash table of 2-4 x 12 B per slot, for device-side lookups). 0: no cache. Default: 1 GiB.
+  // hash table of 2-4 x 12 B per slot, for device-side lookups; with kDevice, 24 B of key and state per
+  // slot and 8 B per set of 16). 0: no cache. Default: 1 GiB.
   std::uint64_t cache_bytes = 1ULL << 30;
   // The cache's admission and eviction (the host tier's policy code, run by the host for the device's
-  // slots). Default: kAdaptiveFrequency.
+  // slots; not used by kDevice, whose cache decides on the device). Default: kAdaptiveFrequency.
   memory::RowCachePolicyOptions policy;
   // Regions held whole in HBM, loaded from the store at Create (they do not count against cache_bytes
   // but against device_budget_bytes). Default: none.
@@ -96,7 +103,8 @@ struct WorkingSetStats {
   std::uint64_t cache_slots = 0;
   std::uint64_t cache_held = 0;  // slots holding a row
   std::uint64_t hbm_region_rows = 0;
-  // Distinct rows of all layers served so far, by source.
+  // Distinct rows of all layers served so far, by source (kDevice: lookups, not distinct rows, as of the
+  // last step whose device counters came back; zero_copy_rows counts reads through the mapping).
   std::uint64_t hbm_region_hits = 0;
   std::uint64_t cache_hits = 0;
   std::uint64_t zero_copy_rows = 0;
@@ -107,7 +115,8 @@ struct WorkingSetStats {
   std::uint64_t table_rebuilds = 0;  // device hash table compactions
   std::uint64_t layers = 0;          // layer outputs produced
   std::uint64_t failed_layers = 0;
-  double copy_seconds = 0;      // device time of host -> device copies (events; finished steps)
+  double copy_seconds = 0;      // device time of host -> device copies (events; finished steps); kDevice:
+                                // the windows' upload and hashing
   double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills
   prefetch::PrefetchStats host;
 };
