@@ -288,46 +288,133 @@ __device__ __forceinline__ std::int64_t HashRow(const DeviceHashParams& h, const
   return engram::detail::RegionRow(mix, h.regions[c]);
 }
 
+// Word `w` of a row held by a half-warp (lane half * 16 + j has words j, j + 16, ..., j + 112); every
+// lane of the warp must call it.
+__device__ __forceinline__ std::uint32_t HalfWordOf(const std::uint32_t (&v)[8], std::uint32_t w, unsigned half) {
+  const int from = static_cast<int>(half * 16U + (w & 15U));
+  std::uint32_t r[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) r[k] = __shfl_sync(0xFFFFFFFFU, v[k], from);
+  const std::uint32_t k = w >> 4;
+  std::uint32_t out = r[0];
+#pragma unroll
+  for (int j = 1; j < 8; ++j) out = k == static_cast<std::uint32_t>(j) ? r[j] : out;
+  return out;
+}
+
+// EmitLookup for a half-warp (lanes half * 16 + sub): writes lookup i's outputs if `active`. Two lookups
+// per warp keep twice the rows in flight. Every lane of the warp must call it.
+__device__ __forceinline__ void EmitLookupHalf(const AssembleArgs& a, std::uint64_t i, bool active,
+                                               const std::uint32_t* src, unsigned half, unsigned sub) {
+  const std::uint32_t words = a.row_bytes / 4;
+  if (words <= kRegWords) {
+    std::uint32_t v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const std::uint32_t w = sub + 16U * k;
+      v[k] = (active && src != nullptr && w < words) ? src[w] : 0U;
+    }
+    if (active && a.rows_out != nullptr) {
+      auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const std::uint32_t w = sub + 16U * k;
+        if (w < words) out[w] = v[k];
+      }
+    }
+    if (a.bf16_out == nullptr) return;
+    for (std::uint32_t k0 = 0; k0 < a.dim; k0 += 128) {
+      const std::uint32_t k = k0 + sub * 8;
+      const std::uint32_t lo = HalfWordOf(v, k / 4, half);
+      const std::uint32_t hi = HalfWordOf(v, k / 4 + 1, half);
+      const std::uint32_t sb = a.dim + k / 32;
+      const unsigned s = (HalfWordOf(v, sb / 4, half) >> ((sb % 4) * 8)) & 0xFFU;
+      if (!active || k >= a.dim) continue;
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (src != nullptr) {
+        bool bad = false;
+        out = Dequant8(lo, hi, s, bad);
+        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
+      }
+      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
+    }
+    return;
+  }
+  // Rows over 512 bytes: word by word (no shuffles).
+  if (!active) return;
+  if (a.rows_out != nullptr) {
+    auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
+    for (std::uint32_t w = sub; w < words; w += 16) out[w] = src != nullptr ? src[w] : 0U;
+  }
+  if (a.bf16_out != nullptr) {
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(src);
+    for (std::uint32_t k = sub * 8; k < a.dim; k += 128) {
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (src != nullptr) {
+        bool bad = false;
+        out = Dequant8(src[k / 4], src[k / 4 + 1], bytes[a.dim + k / 32], bad);
+        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
+      }
+      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
+    }
+  }
+}
+
+// Two lookups per warp, one per half-warp (16 lanes: the 16 ways of a set, a row in 16 words a pass).
 __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveArgs a) {
   __shared__ unsigned long long counts[3];  // hits, host reads, region reads of this block
   if (threadIdx.x < 3) counts[threadIdx.x] = 0;
   __syncthreads();
   const unsigned lane = threadIdx.x & 31U;
+  const unsigned half = lane >> 4;
+  const unsigned sub = lane & 15U;
   const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
-  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; i < a.out.n;
-       i += warps) {
-    const std::uint64_t t = i / a.num_columns;
-    const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+  for (std::uint64_t pair = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32;
+       2 * pair < a.out.n; pair += warps) {
+    const std::uint64_t i = 2 * pair + half;
+    const bool active = i < a.out.n;
     const std::uint32_t* src = nullptr;
-    const std::int32_t* x = a.window + a.token_pos[t];
-    if (*x >= 0) {
-      const ColumnSource cs = a.columns[c];
-      const std::int64_t row = HashRow(a.hash, x, static_cast<int>(cs.order), c);
-      src = SourceOf(cs, row, a.out.row_bytes);
-      int kind = cs.cached != 0 ? 1 : 2;  // 0 hit, 1 host read, 2 region read
-      if (cs.cached != 0 && a.cache.sets != 0) {
-        const std::uint64_t key = a.key_base | static_cast<std::uint64_t>(row);
-        const std::uint32_t set = sc::SetOf(key, a.cache.sets);
-        const std::uint64_t b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
-        const bool match = lane < sc::kSetWays && a.cache.keys[b0 + lane] == key;
-        const unsigned hit = __ballot_sync(0xFFFFFFFFU, match);
-        if (hit != 0) {
-          const std::uint64_t slot = b0 + static_cast<std::uint64_t>(__ffs(hit) - 1);
-          src = reinterpret_cast<const std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
-          kind = 0;
-          if (lane == 0) {
-            a.cache.ways[slot].base = a.cache.level[set];
-            atomicAdd(&a.cache.ways[slot].reads, 1U);
-          }
-        } else if (lane == 0) {
-          const unsigned k = atomicAdd(a.miss_count, 1U);
-          a.misses[k] = static_cast<std::uint32_t>(i);
-          a.miss_rows[k] = row;
+    int kind = -1;  // 0 hit, 1 host read, 2 region read; -1 DEAD or no lookup
+    bool probe = false;
+    std::uint64_t key = 0, b0 = 0;
+    std::uint32_t set = 0;
+    std::int64_t row = 0;
+    if (active) {
+      const std::uint64_t t = i / a.num_columns;
+      const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+      const std::int32_t* x = a.window + a.token_pos[t];
+      if (*x >= 0) {
+        const ColumnSource cs = a.columns[c];
+        row = HashRow(a.hash, x, static_cast<int>(cs.order), c);
+        src = SourceOf(cs, row, a.out.row_bytes);
+        kind = cs.cached != 0 ? 1 : 2;
+        if (cs.cached != 0 && a.cache.sets != 0) {
+          probe = true;
+          key = a.key_base | static_cast<std::uint64_t>(row);
+          set = sc::SetOf(key, a.cache.sets);
+          b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
         }
       }
-      if (lane == 0) atomicAdd(&counts[kind], 1ULL);
     }
-    EmitLookup(a.out, i, src, lane);
+    const bool match = probe && a.cache.keys[b0 + sub] == key;
+    const unsigned hit = (__ballot_sync(0xFFFFFFFFU, match) >> (half * 16U)) & 0xFFFFU;
+    if (probe) {
+      if (hit != 0) {
+        const std::uint64_t slot = b0 + static_cast<std::uint64_t>(__ffs(hit) - 1);
+        src = reinterpret_cast<const std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
+        kind = 0;
+        if (sub == 0) {
+          a.cache.ways[slot].base = a.cache.level[set];
+          atomicAdd(&a.cache.ways[slot].reads, 1U);
+        }
+      } else if (sub == 0) {
+        const unsigned k = atomicAdd(a.miss_count, 1U);
+        a.misses[k] = static_cast<std::uint32_t>(i);
+        a.miss_rows[k] = row;
+      }
+    }
+    if (sub == 0 && kind >= 0) atomicAdd(&counts[kind], 1ULL);
+    EmitLookupHalf(a.out, i, active, src, half, sub);
   }
   __syncthreads();
   if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
@@ -497,7 +584,7 @@ Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::
 
 Status LaunchResolve(const ResolveArgs& a, cudaStream_t stream) {
   if (a.out.n == 0) return Status::Ok();
-  ResolveKernel<<<Blocks(a.out.n, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+  ResolveKernel<<<Blocks((a.out.n + 1) / 2, kWarpsPerBlock), kThreads, 0, stream>>>(a);
   return Launched("resolve kernel");
 }
 
