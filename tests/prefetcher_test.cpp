@@ -160,8 +160,7 @@ TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
   // Two sequences over two steps (a prefill chunk, then one token each), the second with DEAD marks; an
   // independent Sequence per sequence gives the expected rows.
   std::vector<SequenceId> ids = {*(*p)->CreateSequence(), *(*p)->CreateSequence()};
-  std::vector<Sequence> ref;
-  for (int i = 0; i < 2; ++i) ref.push_back(*Sequence::Create(layout));
+  std::vector<Sequence> ref = {*Sequence::Create(layout), *Sequence::Create(layout)};
   const int hist = layout.max_ngram() - 1;
   const auto cols = static_cast<std::size_t>(layout.columns());
   for (int step = 0; step < 2; ++step) {

@@ -18,6 +18,9 @@
 // CUDA graph (WaitSlot / DoneSlot) and replayed for every step that uses the slot. Every Wait must be
 // followed by a Done on some stream, or the slot is never reused and the copy stream stalls.
 //
+// With MissPath::kDevice the whole step runs on the device instead (hashing, cache, reads, assembly);
+// the hand-off is the same.
+//
 // A layer that fails on the host (a read error, a corrupt row) still gets its flag set, with its output
 // zeroed, so no stream hangs; Status(step, layer) reports the error.
 //
