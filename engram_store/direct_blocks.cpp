@@ -175,6 +175,19 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
   Status first_error;
   std::size_t next = 0;
   std::size_t in_flight = 0;
+  // Before returning an error: reap the reads still in flight (they land in this thread's ring, whose
+  // next call must not take their completions for its own).
+  auto abandon = [&](std::size_t n) {
+    stats_->depth.Completed(n);
+    while (n > 0) {
+      io_uring_cqe* c = nullptr;
+      const int r = io_uring_wait_cqe(&ring.ring, &c);
+      if (r == -EINTR) continue;
+      if (r < 0) return;
+      io_uring_cqe_seen(&ring.ring, c);
+      --n;
+    }
+  };
   while (next < keys.size() || in_flight > 0) {
     unsigned queued = 0;
     while (next < keys.size() && !free_slots.empty() && first_error.ok()) {
@@ -210,20 +223,29 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
         rc = io_uring_peek_cqe(&ring.ring, &cqe) == 0 ? io_uring_submit(&ring.ring)
                                                       : io_uring_submit_and_wait(&ring.ring, 1);
       } while (rc == -EINTR || rc == -EAGAIN);
-      if (rc < 0) return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
+      if (rc < 0) {
+        in_flight -= queued;  // nothing of this round reached the kernel
+        abandon(in_flight);
+        return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
+      }
       stats_->submissions.fetch_add(1, std::memory_order_relaxed);
       stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+      stats_->depth.Submitted(queued);
     }
     int rc;
     do {
       rc = io_uring_wait_cqe(&ring.ring, &cqe);  // returns at once when submit_and_wait has reaped one
     } while (rc == -EINTR);
-    if (rc < 0) return Status::IOError(fmt::format("direct reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
+    if (rc < 0) {
+      abandon(in_flight);
+      return Status::IOError(fmt::format("direct reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
+    }
     while (cqe != nullptr) {
       const auto slot = static_cast<unsigned>(io_uring_cqe_get_data64(cqe));
       const int res = cqe->res;
       io_uring_cqe_seen(&ring.ring, cqe);
       --in_flight;
+      stats_->depth.Completed();
       const std::size_t item = slot_item[slot];
       const File& f = *slot_file[slot];
       const std::uint64_t key = keys[item];
@@ -235,6 +257,7 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
         io_uring_sqe_set_data64(sqe, slot);
         io_uring_submit(&ring.ring);
         ++in_flight;
+        stats_->depth.Submitted(1);
       } else {
         if (res != static_cast<int>(kBlock)) {
           if (first_error.ok()) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engram/status.hpp"
+#include "queue_depth.hpp"
 
 namespace engram::store::detail {
 
@@ -28,6 +29,7 @@ struct DirectBlockStats {
   std::atomic<std::uint64_t> reads{0};
   std::atomic<std::uint64_t> submissions{0};
   std::atomic<std::uint64_t> bytes{0};
+  QueueDepthGauge depth;  // reads in the kernel
 };
 
 class DirectBlockReader {

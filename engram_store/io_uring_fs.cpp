@@ -108,11 +108,13 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         } while (rc == -EINTR || rc == -EAGAIN);
         if (rc < 0) {
           in_flight -= queued;  // nothing of this round reached the kernel
+          stats_->depth.Completed(in_flight);
           Drain(ring, in_flight);
           return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_submit: {}", name_, std::strerror(-rc)));
         }
         stats_->submissions.fetch_add(1, std::memory_order_relaxed);
         stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+        stats_->depth.Submitted(queued);
       }
       // Reap at least one completion, then everything already there.
       io_uring_cqe* cqe = nullptr;
@@ -121,6 +123,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         rc = io_uring_wait_cqe(ring.get(), &cqe);
       } while (rc == -EINTR);
       if (rc < 0) {
+        stats_->depth.Completed(in_flight);
         Drain(ring, in_flight);
         return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_wait_cqe: {}", name_, std::strerror(-rc)));
       }
@@ -129,6 +132,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         const int res = cqe->res;
         io_uring_cqe_seen(ring.get(), cqe);
         --in_flight;
+        stats_->depth.Completed();
         rocksdb::FSReadRequest& r = reqs[i];
         if (res == -EAGAIN || res == -EINTR) {
           stats_->resubmits.fetch_add(1, std::memory_order_relaxed);

@@ -22,6 +22,7 @@
 #include <memory>
 
 #include "engram/status.hpp"
+#include "queue_depth.hpp"
 
 namespace engram::store {
 
@@ -31,6 +32,7 @@ struct IoUringStats {
   std::atomic<std::uint64_t> reads{0};        // read requests (SQEs) issued, resubmissions included
   std::atomic<std::uint64_t> resubmits{0};    // -EAGAIN / -EINTR / short-read resubmissions
   std::atomic<std::uint64_t> bytes{0};        // bytes read
+  detail::QueueDepthGauge depth;              // reads in the kernel
 };
 
 class IoUringFileSystem : public rocksdb::FileSystemWrapper {

@@ -504,14 +504,29 @@ StoreIoStats Store::io_stats() const {
   s.direct_reads = impl_->direct_stats->reads.load();
   s.direct_submissions = impl_->direct_stats->submissions.load();
   s.direct_bytes = impl_->direct_stats->bytes.load();
-  if (!impl_->holder->uring_fs) return s;
+  const detail::QueueDepthGauge& dd = impl_->direct_stats->depth;
+  std::uint64_t depth_sum = dd.depth_sum.load();
+  s.in_flight = static_cast<std::uint64_t>(std::max<std::int64_t>(dd.in_flight.load(), 0));
+  s.peak_in_flight = dd.peak.load();
+  auto mean = [&] {
+    const std::uint64_t subs = s.submissions + s.direct_submissions;
+    return subs > 0 ? static_cast<double>(depth_sum) / static_cast<double>(subs) : 0.0;
+  };
+  if (!impl_->holder->uring_fs) {
+    s.mean_queue_depth = mean();
+    return s;
+  }
   const IoUringStats& u = impl_->holder->uring_fs->stats();
+  depth_sum += u.depth.depth_sum.load();
+  s.in_flight += static_cast<std::uint64_t>(std::max<std::int64_t>(u.depth.in_flight.load(), 0));
+  s.peak_in_flight = std::max(s.peak_in_flight, u.depth.peak.load());
   s.io_uring = true;
   s.multireads = u.multireads.load();
   s.submissions = u.submissions.load();
   s.reads = u.reads.load();
   s.resubmits = u.resubmits.load();
   s.bytes = u.bytes.load();
+  s.mean_queue_depth = mean();
   return s;
 }
 

@@ -882,9 +882,9 @@ std::string Prefetcher::StatsJson() const {
                   {"peak_bytes", s.staging.peak_bytes},
                   {"waits", s.staging.waits},
                   {"timeouts", s.staging.timeouts}};
-  j["io"] = {{"reads", s.io.reads + s.io.direct_reads},
-             {"submissions", s.io.submissions + s.io.direct_submissions},
-             {"bytes", s.io.bytes + s.io.direct_bytes}};
+  j["io"] = {{"reads", s.io.reads + s.io.direct_reads}, {"submissions", s.io.submissions + s.io.direct_submissions},
+             {"bytes", s.io.bytes + s.io.direct_bytes}, {"in_flight", s.io.in_flight},
+             {"peak_in_flight", s.io.peak_in_flight},   {"mean_queue_depth", s.io.mean_queue_depth}};
   return j.dump(2);
 }
 

@@ -379,6 +379,27 @@ TEST(StoreIo, OneMultiGetBatchReachesTheDiskAsOneIoUringSubmission) {
   EXPECT_EQ(out, test::ExpectedRows(ck.layout, 0, rows));
 }
 
+TEST(StoreIo, TheQueueDepthGaugeSeesABatchInFlightAndNoneAfterIt) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  StoreOptions o = Opts();
+  o.read_threads = 1;
+  auto st = Store::Create(dir.File("store"), ck.layout, nullptr, o);
+  ASSERT_TRUE(st.ok());
+  ASSERT_TRUE((*st)->Ingest(*Checkpoint::Open(ck.dir)).ok());
+  auto h = (*st)->Pin(1);
+  std::vector<std::int64_t> rows;
+  rows.reserve(32);
+  for (int i = 0; i < 32; ++i) rows.push_back(static_cast<std::int64_t>(i) * 15 * 37);  // 32 pages
+  std::vector<std::byte> out(rows.size() * 264);
+  ASSERT_TRUE((*st)->ReadRows(*h, 0, rows, out).ok());
+  const StoreIoStats s = (*st)->io_stats();
+  EXPECT_EQ(s.in_flight, 0U);          // every read completed
+  EXPECT_GE(s.peak_in_flight, 32U);    // the batch was in the kernel at once
+  EXPECT_GT(s.mean_queue_depth, 1.0);  // submissions carried more than one read
+  EXPECT_LE(s.mean_queue_depth, static_cast<double>(s.peak_in_flight));
+}
+
 }  // namespace
 }  // namespace engram::store
 

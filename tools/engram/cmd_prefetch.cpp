@@ -186,9 +186,10 @@ int Run(const PrefetchArgs& a) {
     std::printf("%slayer %d p50 %.2f / p95 %.2f / p99 %.2f ms", l == 0 ? "" : "; ", layout.layer(l).layer_id,
                 1e3 * Percentile(w, 0.5), 1e3 * Percentile(w, 0.95), 1e3 * Percentile(w, 0.99));
   }
-  std::printf("\ndisk: %llu reads, %.1f MiB\n",
+  std::printf("\ndisk: %llu reads, %.1f MiB, mean queue depth %.1f (peak %llu)\n",
               static_cast<unsigned long long>(stats.io.reads) + static_cast<unsigned long long>(stats.io.direct_reads),
-              static_cast<double>(stats.io.bytes + stats.io.direct_bytes) / 1048576.0);
+              static_cast<double>(stats.io.bytes + stats.io.direct_bytes) / 1048576.0, stats.io.mean_queue_depth,
+              static_cast<unsigned long long>(stats.io.peak_in_flight));
   return 0;
 }
 

@@ -121,6 +121,11 @@ struct StoreIoStats {
   std::uint64_t direct_reads = 0;        // 4 KiB block reads by ReadPath::kDirectBlocks
   std::uint64_t direct_submissions = 0;  // their io_uring submissions
   std::uint64_t direct_bytes = 0;        // bytes they read
+  // Queue depth, both read paths together: reads in the kernel now, the most there have been, and the
+  // mean just after a submission (what the disk was offered).
+  std::uint64_t in_flight = 0;
+  std::uint64_t peak_in_flight = 0;
+  double mean_queue_depth = 0;
 };
 
 class Store;
