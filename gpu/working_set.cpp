@@ -139,6 +139,7 @@ class SlotMap {
 // Per step: events for the copy-done point and per-layer timing.
 struct StepEvents {
   std::vector<cudaEvent_t> start, copied, flagged, done;  // per layer
+  bool fused = false;  // the device pipeline resolved every layer in one launch: flagged[0] .. done[last]
 };
 
 }  // namespace
@@ -263,9 +264,16 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::mutex submit_mu;                         // steps reach the copy stream in id order
   StepId next_device_step = 1;
   bool device() const noexcept { return path == MissPath::kDevice; }
+  // Miss lists: one of max_lookups, or one per layer for a fused step (at most fuse_lookups each).
+  std::uint64_t MissCap() const {
+    const std::uint64_t fused = std::min(opt.fuse_lookups, max_lookups) *
+                                static_cast<std::uint64_t>(std::min(layers, kernels::kMaxFusedLayers));
+    return std::max(max_lookups, fused);
+  }
+  bool Fuse(std::uint64_t n) const { return layers > 1 && layers <= kernels::kMaxFusedLayers && n <= opt.fuse_lookups; }
   std::uint64_t PipelineBytes() const {
     const auto t = static_cast<std::uint64_t>(opt.max_tokens);
-    return max_lookups * 12 + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4 + t * 4 + 16 +
+    return MissCap() * 12 + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4 + t * 4 + 16 +
            static_cast<std::uint64_t>(layers) * (4 + cols * sizeof(kernels::ColumnSource)) + 256;
   }
   Status AllocateHostCache();
@@ -511,9 +519,9 @@ Status WorkingSet::Impl::AllocatePipeline() {
     ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.locks, 0, static_cast<std::uint64_t>(dev_sets) * 4, copy));
   }
   const auto t = static_cast<std::uint64_t>(opt.max_tokens);
-  ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(max_lookups * 8, "miss rows"));
+  ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(MissCap() * 8, "miss rows"));
   miss_rows_dev = static_cast<std::int64_t*>(p);
-  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(max_lookups * 4, "miss list"));
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(MissCap() * 4, "miss list"));
   miss_dev = static_cast<std::uint32_t*>(p);
   ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(layers) * 4, "miss counts"));
   miss_count_dev = static_cast<std::uint32_t*>(p);
@@ -1070,37 +1078,49 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
   ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], copy));
   ENGRAM_CUDA_RETURN(cudaMemsetAsync(miss_count_dev, 0, static_cast<std::uint64_t>(layers) * 4, copy));
   ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[0], copy));
-  for (int l = 0; l < layers; ++l) {
-    const auto li = static_cast<std::size_t>(l);
-    const std::size_t sl = SL(slot, l);
-    const auto flag = reinterpret_cast<CUdeviceptr>(flags + sl);
-    ENGRAM_RETURN_IF_ERROR(DriverStatus(memops.wait(copy, flag, 0, CU_STREAM_WAIT_VALUE_EQ), "cuStreamWaitValue32"));
-    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[li], copy));
-    kernels::ResolveArgs a;
-    a.window = win_dev;
-    a.token_pos = pos_dev;
-    a.hash = hashers[li].params();
-    a.columns = colsrc_dev + LC(l, 0);
-    a.num_columns = static_cast<std::uint32_t>(cols);
-    a.key_base = memory::RowKey(l, 0);
-    a.cache = set_cache;
-    a.miss_count = miss_count_dev + l;
-    a.misses = miss_dev;
-    a.miss_rows = miss_rows_dev;
-    a.counters = counters_dev;
-    a.out.rows_out = out_rows[sl];
-    a.out.bf16_out = reinterpret_cast<std::uint16_t*>(out_bf16[sl]);
-    a.out.n = n;
-    a.out.row_bytes = row_bytes;
-    a.out.dim = dim;
-    const std::size_t err = (step % kErrorRing) * static_cast<std::size_t>(layers) + li;
-    errors_host[err] = 0;
-    a.out.error = errors_dev + err;
-    ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(a, copy));
-    ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(a, n, copy));
-    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[li], copy));
-    ENGRAM_RETURN_IF_ERROR(
-        DriverStatus(memops.write(copy, flag, 1, CU_STREAM_WRITE_VALUE_DEFAULT), "cuStreamWriteValue32"));
+  // Layers in groups: all of them in one launch for a small step, else one by one (layer 0 first).
+  const bool fused = Fuse(n);
+  ev->fused = fused;
+  const int group = fused ? layers : 1;
+  for (int l0 = 0; l0 < layers; l0 += group) {
+    kernels::ResolveBatch group_args;
+    group_args.layers = group;
+    for (int l = l0; l < l0 + group; ++l) {
+      const auto li = static_cast<std::size_t>(l);
+      const std::size_t sl = SL(slot, l);
+      ENGRAM_RETURN_IF_ERROR(
+          DriverStatus(memops.wait(copy, reinterpret_cast<CUdeviceptr>(flags + sl), 0, CU_STREAM_WAIT_VALUE_EQ),
+                       "cuStreamWaitValue32"));
+      kernels::ResolveArgs& a = group_args.layer[l - l0];
+      a.window = win_dev;
+      a.token_pos = pos_dev;
+      a.hash = hashers[li].params();
+      a.columns = colsrc_dev + LC(l, 0);
+      a.num_columns = static_cast<std::uint32_t>(cols);
+      a.key_base = memory::RowKey(l, 0);
+      a.cache = set_cache;
+      a.miss_count = miss_count_dev + l;
+      a.misses = miss_dev + (fused ? li * n : 0);
+      a.miss_rows = miss_rows_dev + (fused ? li * n : 0);
+      a.counters = counters_dev;
+      a.out.rows_out = out_rows[sl];
+      a.out.bf16_out = reinterpret_cast<std::uint16_t*>(out_bf16[sl]);
+      a.out.n = n;
+      a.out.row_bytes = row_bytes;
+      a.out.dim = dim;
+      const std::size_t err = (step % kErrorRing) * static_cast<std::size_t>(layers) + li;
+      errors_host[err] = 0;
+      a.out.error = errors_dev + err;
+    }
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(group_args, copy));
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(group_args, n, copy));
+    for (int l = l0; l < l0 + group; ++l) {
+      ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[static_cast<std::size_t>(l)], copy));
+      ENGRAM_RETURN_IF_ERROR(DriverStatus(
+          memops.write(copy, reinterpret_cast<CUdeviceptr>(flags + SL(slot, l)), 1, CU_STREAM_WRITE_VALUE_DEFAULT),
+          "cuStreamWriteValue32"));
+    }
   }
   ENGRAM_CUDA_RETURN(
       cudaMemcpyAsync(counters_host, counters_dev, kernels::kNumDeviceCounters * 8, cudaMemcpyDeviceToHost, copy));
@@ -1137,7 +1157,11 @@ void WorkingSet::Impl::RunFinisher() {
         if ((!device() || l == 0) && cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) {
           copy_s += a / 1e3;
         }
-        if (cudaEventElapsedTime(&b, ev->flagged[l], ev->done[l]) == cudaSuccess) assemble_s += b / 1e3;
+        // A fused step has one span, flagged[0] .. done[last].
+        const std::size_t to = ev->fused ? static_cast<std::size_t>(layers - 1) : l;
+        if ((!ev->fused || l == 0) && cudaEventElapsedTime(&b, ev->flagged[l], ev->done[to]) == cudaSuccess) {
+          assemble_s += b / 1e3;
+        }
       }
     } else if (!device()) {
       (void)prefetcher->Finish(step);

@@ -407,7 +407,8 @@ __device__ __forceinline__ void EmitLookupHalf(const AssembleArgs& a, std::uint6
 }
 
 // Two lookups per warp, one per half-warp (16 lanes: the 16 ways of a set, a row in 16 words a pass).
-__global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveArgs a) {
+__global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
+  const ResolveArgs& a = batch.layer[blockIdx.y];
   __shared__ unsigned long long counts[3];  // hits, host reads, region reads of this block
   if (threadIdx.x < 3) counts[threadIdx.x] = 0;
   __syncthreads();
@@ -469,7 +470,8 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveArgs a) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads) AdmitKernel(ResolveArgs a) {
+__global__ void __launch_bounds__(kThreads) AdmitKernel(ResolveBatch batch) {
+  const ResolveArgs& a = batch.layer[blockIdx.y];
   const unsigned lane = threadIdx.x & 31U;
   const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
   const std::uint32_t count = *a.miss_count;
@@ -628,17 +630,22 @@ Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::
   return Launched("cache table lookup kernel");
 }
 
-Status LaunchResolve(const ResolveArgs& a, cudaStream_t stream) {
-  if (a.out.n == 0) return Status::Ok();
-  ResolveKernel<<<Blocks((a.out.n + 1) / 2, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+Status LaunchResolve(const ResolveBatch& b, cudaStream_t stream) {
+  if (b.layers < 1 || b.layers > kMaxFusedLayers) return Status::InvalidArgument("resolve: 1..4 layers a launch");
+  if (b.layer[0].out.n == 0) return Status::Ok();
+  const dim3 grid(Blocks((b.layer[0].out.n + 1) / 2, kWarpsPerBlock), static_cast<unsigned>(b.layers));
+  ResolveKernel<<<grid, kThreads, 0, stream>>>(b);
   return Launched("resolve kernel");
 }
 
-Status LaunchAdmit(const ResolveArgs& a, std::uint64_t max_misses, cudaStream_t stream) {
-  if (max_misses == 0 || a.cache.sets == 0) return Status::Ok();
+Status LaunchAdmit(const ResolveBatch& b, std::uint64_t max_misses, cudaStream_t stream) {
+  if (b.layers < 1 || b.layers > kMaxFusedLayers) return Status::InvalidArgument("admit: 1..4 layers a launch");
+  if (max_misses == 0 || b.layer[0].cache.sets == 0) return Status::Ok();
   // The count is known only on the device: enough warps to cover a few thousand misses in one pass,
   // striding over the rest.
-  AdmitKernel<<<Blocks(std::min<std::uint64_t>(max_misses, 1ULL << 14), kWarpsPerBlock), kThreads, 0, stream>>>(a);
+  const dim3 grid(Blocks(std::min<std::uint64_t>(max_misses, 1ULL << 14), kWarpsPerBlock),
+                  static_cast<unsigned>(b.layers));
+  AdmitKernel<<<grid, kThreads, 0, stream>>>(b);
   return Launched("admit kernel");
 }
 

@@ -95,12 +95,20 @@ struct ResolveArgs {
   AssembleArgs out;                        // src unused
 };
 
-// One warp per lookup: hashes it, finds the row (HBM region, cache hit, or the host through the mapping), writes
-// the layer's outputs as LaunchAssemble does, and lists cache misses for LaunchAdmit.
-Status LaunchResolve(const ResolveArgs& a, cudaStream_t stream);
+// Layers resolved by one launch (blockIdx.y picks the layer): small steps pay one launch for all layers.
+inline constexpr int kMaxFusedLayers = 4;
+struct ResolveBatch {
+  ResolveArgs layer[kMaxFusedLayers];
+  int layers = 0;  // 1..kMaxFusedLayers; every layer has the same n
+};
+
+// Two lookups per warp: hashes each, finds the row (HBM region, cache hit, or the host through the
+// mapping), writes the layer's outputs as LaunchAssemble does, and lists cache misses for LaunchAdmit.
+Status LaunchResolve(const ResolveBatch& b, cudaStream_t stream);
 // Admits the listed misses into the set cache, under per-set locks (a repeated row once), copying each
-// from the layer's row output if there is one, else from its source again. `max_misses` bounds the list.
-Status LaunchAdmit(const ResolveArgs& a, std::uint64_t max_misses, cudaStream_t stream);
+// from the layer's row output if there is one, else from its source again. `max_misses` bounds each
+// layer's list. Every resolve of the batch must be done first (stream order).
+Status LaunchAdmit(const ResolveBatch& b, std::uint64_t max_misses, cudaStream_t stream);
 // slots_out[i] = cache slot of (key_base | rows[i]), or -1.
 Status LaunchSetLookup(const SetCacheArgs& c, std::uint64_t key_base, const std::int64_t* rows, std::uint32_t n,
                        std::int32_t* slots_out, cudaStream_t stream);

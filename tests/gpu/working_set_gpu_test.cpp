@@ -526,6 +526,20 @@ TEST_F(WorkingSetTest, DevicePipelineCacheHitsAndEvictionsMatchTheCpuBackend) {
   EXPECT_LE(st.cache_held, st.cache_slots);
 }
 
+TEST_F(WorkingSetTest, DevicePipelineWithOneLaunchForAllLayersMatchesTheCpuBackend) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.path = MissPath::kDevice;
+  o.fuse_lookups = 1 << 20;  // every step of the workload (the prefill too) in one launch for both layers
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  RunAndCompare(*ws, steps_, expect_);
+  ASSERT_TRUE(ws->Synchronize().ok());
+  EXPECT_GT(ws->stats().cache_hits, 0U);
+  EXPECT_GT(ws->stats().evictions, 0U);
+}
+
 TEST_F(WorkingSetTest, DevicePipelineWithHbmRegionsMatches) {
   auto host = ResidentTier();
   WorkingSetOptions o;
