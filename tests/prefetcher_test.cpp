@@ -193,6 +193,52 @@ TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
   }
 }
 
+TEST(Prefetcher, AppendAfterRollbackAndForkGivesTheWindowsOfTheRetainedHistory) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const Layout& layout = f->store->layout();
+  auto hasher = Hasher::Create(layout);
+  ASSERT_TRUE(hasher.ok());
+  const auto& all = test::BrownCompressed();
+  auto tok = [&](std::size_t at, std::size_t n) {
+    return std::vector<std::int32_t>(all.begin() + static_cast<std::ptrdiff_t>(at),
+                                     all.begin() + static_cast<std::ptrdiff_t>(at + n));
+  };
+  // A sequence takes 20 tokens, rejects 3 (speculative decoding), forks, and both continue with different
+  // tokens; an independent Sequence doing the same gives the expected rows.
+  const SequenceId a = *(*p)->CreateSequence();
+  auto ref_a = *Sequence::Create(layout);
+  const auto first = tok(3000, 20);
+  ASSERT_TRUE((*p)->Append(std::vector<SequenceInput>{{a, first, {}}}).ok());
+  std::vector<std::int64_t> scratch(static_cast<std::size_t>(hasher->num_layers()) * first.size() *
+                                    static_cast<std::size_t>(layout.columns()));
+  ASSERT_TRUE(ref_a.AppendAndHash(*hasher, first, {}, scratch).ok());
+  ASSERT_TRUE((*p)->Rollback(a, 3).ok());
+  ASSERT_TRUE(ref_a.Rollback(3).ok());
+  auto b = (*p)->Fork(a);
+  ASSERT_TRUE(b.ok());
+  Sequence ref_b = ref_a.Fork();
+  const auto next_a = tok(4000, 2);
+  const auto next_b = tok(5000, 2);
+  auto w = (*p)->Append(std::vector<SequenceInput>{{a, next_a, {}}, {*b, next_b, {}}});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  const int hist = layout.max_ngram() - 1;
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  std::vector<Sequence*> refs = {&ref_a, &ref_b};
+  const std::vector<std::vector<std::int32_t>> next = {next_a, next_b};
+  for (std::size_t q = 0; q < 2; ++q) {
+    const std::size_t at = w->segment_begin[q] + q * static_cast<std::size_t>(hist);
+    const std::span<const std::int32_t> window(w->window.data() + at, static_cast<std::size_t>(hist) + 2);
+    std::vector<std::int64_t> got(static_cast<std::size_t>(hasher->num_layers()) * 2 * cols);
+    ASSERT_TRUE(hasher->HashWindow(window, got).ok());
+    std::vector<std::int64_t> expect(got.size());
+    ASSERT_TRUE(refs[q]->AppendAndHash(*hasher, next[q], {}, expect).ok());
+    EXPECT_EQ(got, expect) << "sequence " << q;
+  }
+}
+
 TEST(Prefetcher, AppendOfABadBatchAppendsNothing) {
   auto f = MakeStore();
   auto p = Prefetcher::Create(*f->store, f->version, nullptr);

@@ -540,6 +540,65 @@ TEST_F(WorkingSetTest, DevicePipelineWithOneLaunchForAllLayersMatchesTheCpuBacke
   EXPECT_GT(ws->stats().evictions, 0U);
 }
 
+TEST_F(WorkingSetTest, DevicePipelineAfterRollbackAndForkMatchesTheCpuBackend) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.cache_bytes = 256ULL << 10;
+  o.path = MissPath::kDevice;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  auto cpu = prefetch::Prefetcher::Create(*f_->store, f_->version, nullptr);
+  ASSERT_TRUE(cpu.ok());
+  const auto& all = test::BrownCompressed();
+  auto tok = [&](std::size_t at, std::size_t n) {
+    return std::vector<std::int32_t>(all.begin() + static_cast<std::ptrdiff_t>(at),
+                                     all.begin() + static_cast<std::ptrdiff_t>(at + n));
+  };
+  Stream stream;
+  const int layers = ws->layout().num_layers();
+  // One step on both sides (sequence q is gpu_ids[q] / cpu_ids[q]), every layer compared byte for byte.
+  auto step = [&](const std::vector<SequenceId>& gpu_ids, const std::vector<SequenceId>& cpu_ids,
+                  const std::vector<std::vector<std::int32_t>>& tokens, const char* what) {
+    std::vector<SequenceInput> gb, cb;
+    for (std::size_t q = 0; q < tokens.size(); ++q) {
+      gb.push_back({gpu_ids[q], tokens[q], {}});
+      cb.push_back({cpu_ids[q], tokens[q], {}});
+    }
+    auto gs = ws->Submit(gb);
+    auto cs = (*cpu)->Submit(cb);
+    ASSERT_TRUE(gs.ok() && cs.ok()) << what;
+    for (int l = 0; l < layers; ++l) {
+      ASSERT_TRUE((*cpu)->Wait(*cs, l).ok());
+      auto e = (*cpu)->Output(*cs, l);
+      ASSERT_TRUE(ws->Wait(*gs, l, stream.s).ok());
+      auto g = ws->Output(*gs, l);
+      ASSERT_TRUE(e.ok() && g.ok());
+      const std::size_t n = static_cast<std::size_t>(e->tokens) * static_cast<std::size_t>(e->columns);
+      Pinned<std::byte> rows(n * e->row_bytes);
+      Pinned<std::uint16_t> bf16(n * e->dim);
+      ASSERT_EQ(cudaMemcpyAsync(rows.p, g->rows, rows.n, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+      ASSERT_EQ(cudaMemcpyAsync(bf16.p, g->bf16, bf16.n * 2, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+      ASSERT_TRUE(ws->Done(*gs, l, stream.s).ok());
+      ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+      EXPECT_EQ(std::memcmp(rows.p, e->rows, rows.n), 0) << what << ", layer " << l;
+      EXPECT_EQ(std::memcmp(bf16.p, e->bf16, bf16.n * 2), 0) << what << ", layer " << l;
+    }
+    ASSERT_TRUE(ws->Finish(*gs).ok());
+    ASSERT_TRUE((*cpu)->Finish(*cs).ok());
+  };
+  const SequenceId ga = *ws->CreateSequence();
+  const SequenceId ca = *(*cpu)->CreateSequence();
+  step({ga}, {ca}, {tok(7000, 30)}, "prefill");
+  step({ga}, {ca}, {tok(7030, 1)}, "decode");
+  // Speculative decoding rejects two tokens; the sequence forks; both go on with different tokens.
+  ASSERT_TRUE(ws->Rollback(ga, 2).ok());
+  ASSERT_TRUE((*cpu)->Rollback(ca, 2).ok());
+  const SequenceId gb = *ws->Fork(ga);
+  const SequenceId cb = *(*cpu)->Fork(ca);
+  step({ga, gb}, {ca, cb}, {tok(8000, 1), tok(9000, 1)}, "after rollback and fork");
+  step({ga, gb}, {ca, cb}, {tok(8001, 1), tok(9001, 1)}, "one more");
+}
+
 TEST_F(WorkingSetTest, DevicePipelineWithHbmRegionsMatches) {
   auto host = ResidentTier();
   WorkingSetOptions o;
