@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -262,7 +263,7 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::vector<std::byte*> up_host;              // [slot], pinned
   std::vector<cudaEvent_t> up_free;             // [slot]: its upload is done
   std::mutex submit_mu;                         // steps reach the copy stream in id order
-  StepId next_device_step = 1;
+  std::atomic<StepId> next_device_step{1};      // written under submit_mu, read anywhere
   bool device() const noexcept { return path == MissPath::kDevice; }
   // Miss lists: one of max_lookups, or one per layer for a fused step (at most fuse_lookups each).
   std::uint64_t MissCap() const {
@@ -1367,8 +1368,7 @@ Result<DeviceLayerOutput> WorkingSet::Output(StepId step, int l) const {
 Status WorkingSet::LayerStatus(StepId step, int l) {
   if (l < 0 || l >= impl_->layers) return Status::OutOfRange("working set: layer index " + std::to_string(l));
   if (impl_->device()) {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    if (step == 0 || step >= impl_->next_device_step) {
+    if (step == 0 || step >= impl_->next_device_step.load()) {
       return Status::NotFound("working set: no step " + std::to_string(step) + " (never submitted)");
     }
   } else {
