@@ -170,7 +170,9 @@ class WorkingSet {
 
   // Device-side lookup in the HBM cache: for `n` global row ids of the layer (device memory), writes the
   // cache slot of each (-1 if not cached) to `slots` (device memory), on `stream`. It sees the cache as
-  // the copy stream leaves it: order `stream` after a Wait for the layer whose state it should see.
+  // the copy stream leaves it: order `stream` after a Wait for the layer whose state it should see. Steps
+  // submitted after that one may evict rows while `stream` runs: read the slots' rows (CacheSlotRow)
+  // before submitting more steps, or synchronise first. With kDevice, slots are set * 16 + way.
   [[nodiscard]] Status LookupAsync(int layer_index, const std::int64_t* rows, std::uint32_t n, std::int32_t* slots,
                                    Stream stream) const;
   // Device address of cache slot `slot`'s row (row_bytes bytes).
