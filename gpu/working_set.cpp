@@ -277,7 +277,7 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
     return MissCap() * 12 + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4 + t * 4 + 16 +
            static_cast<std::uint64_t>(layers) * (4 + cols * sizeof(kernels::ColumnSource)) + 256;
   }
-  Status AllocateHostCache();
+  Status AllocateHostPath();  // the host-planned paths: their HBM cache directory and descriptors
   Status AllocatePipeline();
   Result<StepId> SubmitDevice(std::span<const prefetch::SequenceInput> batch);
 
@@ -431,22 +431,12 @@ Status WorkingSet::Impl::Init() {
   std::memset(errors_host, 0, kErrorRing * static_cast<std::uint64_t>(layers) * 4);
   ENGRAM_CUDA_RETURN(cudaHostGetDevicePointer(reinterpret_cast<void**>(&errors_dev), errors_host, 0));
 
-  // Pinned host memory: the prefetcher's staging and the descriptors.
+  // Pinned host memory: the prefetcher's staging (also what ChoosePath measures with).
   ENGRAM_ASSIGN_OR_RETURN(registrar, MakeCudaHostRegistrar());
   memory::ArenaOptions ao;
   ao.registrar = registrar.get();
   ao.name = "working set staging";
   ENGRAM_ASSIGN_OR_RETURN(staging_arena, memory::PinnedArena::Create(opt.prefetch.staging_bytes, ao));
-  ao.name = "working set descriptors";
-  ENGRAM_ASSIGN_OR_RETURN(desc_arena,
-                          memory::PinnedArena::Create(desc_bytes * static_cast<std::uint64_t>(slots) * layers, ao));
-  desc_host.assign(static_cast<std::size_t>(slots) * layers, nullptr);
-  desc_free.assign(static_cast<std::size_t>(slots) * layers, nullptr);
-  for (std::size_t i = 0; i < desc_host.size(); ++i) {
-    ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> b, desc_arena->Allocate(desc_bytes, 256));
-    desc_host[i] = b.data();
-    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&desc_free[i], cudaEventDisableTiming));
-  }
   done_step.assign(static_cast<std::size_t>(slots) * layers, 0);
 
   region_base.assign(static_cast<std::size_t>(layers) * cols, nullptr);
@@ -458,7 +448,7 @@ Status WorkingSet::Impl::Init() {
   if (device()) {
     ENGRAM_RETURN_IF_ERROR(AllocatePipeline());
   } else {
-    ENGRAM_RETURN_IF_ERROR(AllocateHostCache());
+    ENGRAM_RETURN_IF_ERROR(AllocateHostPath());
   }
   ENGRAM_CUDA_RETURN(cudaStreamSynchronize(copy));
   st.path = path;
@@ -469,7 +459,20 @@ Status WorkingSet::Impl::Init() {
   return Status::Ok();
 }
 
-Status WorkingSet::Impl::AllocateHostCache() {
+Status WorkingSet::Impl::AllocateHostPath() {
+  // Pinned descriptors per (slot, layer): the host-planned paths' per-lookup source addresses.
+  memory::ArenaOptions ao;
+  ao.registrar = registrar.get();
+  ao.name = "working set descriptors";
+  ENGRAM_ASSIGN_OR_RETURN(desc_arena,
+                          memory::PinnedArena::Create(desc_bytes * static_cast<std::uint64_t>(slots) * layers, ao));
+  desc_host.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  desc_free.assign(static_cast<std::size_t>(slots) * layers, nullptr);
+  for (std::size_t i = 0; i < desc_host.size(); ++i) {
+    ENGRAM_ASSIGN_OR_RETURN(std::span<std::byte> b, desc_arena->Allocate(desc_bytes, 256));
+    desc_host[i] = b.data();
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&desc_free[i], cudaEventDisableTiming));
+  }
   if (cache_slots > 0) {
     ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(static_cast<std::uint64_t>(cache_slots) * row_bytes, "cache rows"));
     cache_rows = static_cast<std::byte*>(p);

@@ -66,17 +66,6 @@ __device__ __forceinline__ void StoreRow(std::uint32_t* dst, std::uint32_t words
   }
 }
 
-// Word `w` of a row held as LoadRow left it (every lane of the warp must call it).
-__device__ __forceinline__ std::uint32_t WordOf(const std::uint32_t (&v)[4], std::uint32_t w) {
-  const int from = static_cast<int>(w & 31U);
-  const std::uint32_t r0 = __shfl_sync(0xFFFFFFFFU, v[0], from);
-  const std::uint32_t r1 = __shfl_sync(0xFFFFFFFFU, v[1], from);
-  const std::uint32_t r2 = __shfl_sync(0xFFFFFFFFU, v[2], from);
-  const std::uint32_t r3 = __shfl_sync(0xFFFFFFFFU, v[3], from);
-  const std::uint32_t k = w >> 5;
-  return k == 0 ? r0 : (k == 1 ? r1 : (k == 2 ? r2 : r3));
-}
-
 // Eight BF16 values of codes k..k+7 (lo, hi: their code words; s: their scale) into one uint4.
 __device__ __forceinline__ uint4 Dequant8(std::uint32_t lo, std::uint32_t hi, unsigned s, bool& bad) {
   const float scale = Scale(s);
@@ -88,62 +77,6 @@ __device__ __forceinline__ uint4 Dequant8(std::uint32_t lo, std::uint32_t hi, un
     h[j] = Bf16(E4M3(c) * scale);
   }
   return make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
-}
-
-// Writes lookup i's outputs from `src` (nullptr: a DEAD position, zeros). The calling warp's lanes
-// share the row; every lane must call it (it shuffles).
-__device__ __forceinline__ void EmitLookup(const AssembleArgs& a, std::uint64_t i, const std::uint32_t* src,
-                                           unsigned lane) {
-  const std::uint32_t words = a.row_bytes / 4;
-  if (words <= kRegWords) {
-    std::uint32_t v[4];
-    LoadRow(src, words, lane, v);
-    if (a.rows_out != nullptr) StoreRow(reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes), words, lane, v);
-    if (a.bf16_out == nullptr) return;
-    // Codes k..k+7 are words k/4 and k/4 + 1; their scale is byte k/32 after the dim codes.
-    for (std::uint32_t k0 = 0; k0 < a.dim; k0 += 256) {
-      const std::uint32_t k = k0 + lane * 8;
-      const std::uint32_t lo = WordOf(v, k / 4);
-      const std::uint32_t hi = WordOf(v, k / 4 + 1);
-      const std::uint32_t sb = a.dim + k / 32;
-      const unsigned s = (WordOf(v, sb / 4) >> ((sb % 4) * 8)) & 0xFFU;
-      if (k >= a.dim) continue;
-      uint4 out = make_uint4(0, 0, 0, 0);
-      if (src != nullptr) {
-        bool bad = false;
-        out = Dequant8(lo, hi, s, bad);
-        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
-      }
-      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
-    }
-    return;
-  }
-  // Rows over 512 bytes: word by word.
-  if (a.rows_out != nullptr) {
-    auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
-    for (std::uint32_t w = lane; w < words; w += 32) out[w] = src != nullptr ? src[w] : 0U;
-  }
-  if (a.bf16_out != nullptr) {
-    const auto* bytes = reinterpret_cast<const std::uint8_t*>(src);
-    for (std::uint32_t k = lane * 8; k < a.dim; k += 256) {
-      uint4 out = make_uint4(0, 0, 0, 0);
-      if (src != nullptr) {
-        bool bad = false;
-        out = Dequant8(src[k / 4], src[k / 4 + 1], bytes[a.dim + k / 32], bad);
-        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
-      }
-      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
-    }
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) AssembleKernel(AssembleArgs a) {
-  const unsigned lane = threadIdx.x & 31U;
-  const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
-  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; i < a.n;
-       i += warps) {
-    EmitLookup(a, i, a.src != nullptr ? reinterpret_cast<const std::uint32_t*>(a.src[i]) : nullptr, lane);
-  }
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -184,17 +117,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__device__ __forceinline__ std::uint64_t Hash(std::uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xBF58476D1CE4E5B9ULL;
-  x ^= x >> 27;
-  x *= 0x94D049BB133111EBULL;
-  x ^= x >> 31;
-  return x;
-}
-
 __device__ void Insert(const TableArgs& t, std::uint64_t key, std::int32_t slot) {
-  std::uint64_t h = Hash(key) & t.mask;
+  std::uint64_t h = engram::detail::SetMix(key) & t.mask;
   while (true) {
     const std::uint64_t cur = t.keys[h];
     if (cur == kEmpty || cur == kTomb) {
@@ -215,7 +139,7 @@ __global__ void TableEraseKernel(TableArgs t, const std::uint64_t* keys, std::ui
   for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
     const std::uint64_t key = keys[i];
-    std::uint64_t h = Hash(key) & t.mask;
+    std::uint64_t h = engram::detail::SetMix(key) & t.mask;
     while (true) {
       const std::uint64_t cur = t.keys[h];
       if (cur == key) {
@@ -251,7 +175,7 @@ __global__ void TableLookupKernel(TableArgs t, std::uint64_t base, const std::in
   for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
     const std::uint64_t key = base | static_cast<std::uint64_t>(rows[i]);
-    std::uint64_t h = Hash(key) & t.mask;
+    std::uint64_t h = engram::detail::SetMix(key) & t.mask;
     std::int32_t found = -1;
     for (std::uint64_t probes = 0; probes <= t.mask; ++probes) {
       const std::uint64_t cur = t.keys[h];
@@ -288,20 +212,6 @@ __device__ __forceinline__ std::int64_t HashRow(const DeviceHashParams& h, const
   return engram::detail::RegionRow(mix, h.regions[c]);
 }
 
-// Word `w` of a row held by a half-warp (lane half * 16 + j has words j, j + 16, ..., j + 112); every
-// lane of the warp must call it.
-__device__ __forceinline__ std::uint32_t HalfWordOf(const std::uint32_t (&v)[8], std::uint32_t w, unsigned half) {
-  const int from = static_cast<int>(half * 16U + (w & 15U));
-  std::uint32_t r[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) r[k] = __shfl_sync(0xFFFFFFFFU, v[k], from);
-  const std::uint32_t k = w >> 4;
-  std::uint32_t out = r[0];
-#pragma unroll
-  for (int j = 1; j < 8; ++j) out = k == static_cast<std::uint32_t>(j) ? r[j] : out;
-  return out;
-}
-
 // Element `j` (8 bytes) of a row held by a half-warp as 8-byte elements (lane half * 16 + m has elements
 // m, m + 16, m + 32, m + 48); every lane of the warp must call it.
 __device__ __forceinline__ std::uint64_t HalfElemOf(const std::uint64_t (&e)[4], std::uint32_t j, unsigned half) {
@@ -313,10 +223,12 @@ __device__ __forceinline__ std::uint64_t HalfElemOf(const std::uint64_t (&e)[4],
   return k == 0 ? r[0] : (k == 1 ? r[1] : (k == 2 ? r[2] : r[3]));
 }
 
-// EmitLookup for a half-warp (lanes half * 16 + sub): writes lookup i's outputs if `active`. Two lookups
-// per warp keep twice the rows in flight. Every lane of the warp must call it.
-__device__ __forceinline__ void EmitLookupHalf(const AssembleArgs& a, std::uint64_t i, bool active,
-                                               const std::uint32_t* src, unsigned half, unsigned sub) {
+// Writes lookup i's outputs from `src` (nullptr: a DEAD position, zeros) with a half-warp (lanes
+// half * 16 + sub), if `active`: rows [row_bytes] and, for FP8 rows, BF16 dequantisation exactly as
+// engram::prefetch::DequantizeRowE4M3. Two lookups per warp keep twice the rows in flight. Every lane of
+// the warp must call it (it shuffles).
+__device__ __forceinline__ void EmitLookup(const AssembleArgs& a, std::uint64_t i, bool active,
+                                           const std::uint32_t* src, unsigned half, unsigned sub) {
   const std::uint32_t words = a.row_bytes / 4;
   if (a.row_bytes % 8 == 0 && a.row_bytes <= 512) {
     // 8-byte loads: a half-warp reads 128 bytes per instruction (a 264 B row in 3 requests, not 5).
@@ -353,40 +265,7 @@ __device__ __forceinline__ void EmitLookupHalf(const AssembleArgs& a, std::uint6
     }
     return;
   }
-  if (words <= kRegWords) {
-    std::uint32_t v[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const std::uint32_t w = sub + 16U * k;
-      v[k] = (active && src != nullptr && w < words) ? src[w] : 0U;
-    }
-    if (active && a.rows_out != nullptr) {
-      auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const std::uint32_t w = sub + 16U * k;
-        if (w < words) out[w] = v[k];
-      }
-    }
-    if (a.bf16_out == nullptr) return;
-    for (std::uint32_t k0 = 0; k0 < a.dim; k0 += 128) {
-      const std::uint32_t k = k0 + sub * 8;
-      const std::uint32_t lo = HalfWordOf(v, k / 4, half);
-      const std::uint32_t hi = HalfWordOf(v, k / 4 + 1, half);
-      const std::uint32_t sb = a.dim + k / 32;
-      const unsigned s = (HalfWordOf(v, sb / 4, half) >> ((sb % 4) * 8)) & 0xFFU;
-      if (!active || k >= a.dim) continue;
-      uint4 out = make_uint4(0, 0, 0, 0);
-      if (src != nullptr) {
-        bool bad = false;
-        out = Dequant8(lo, hi, s, bad);
-        if (bad && a.error != nullptr) atomicCAS(a.error, 0U, static_cast<unsigned>(i + 1));
-      }
-      *reinterpret_cast<uint4*>(a.bf16_out + i * a.dim + k) = out;
-    }
-    return;
-  }
-  // Rows over 512 bytes: word by word (no shuffles).
+  // Other rows (over 512 bytes, or not a multiple of 8): word by word, no shuffles.
   if (!active) return;
   if (a.rows_out != nullptr) {
     auto* out = reinterpret_cast<std::uint32_t*>(a.rows_out + i * a.row_bytes);
@@ -406,7 +285,22 @@ __device__ __forceinline__ void EmitLookupHalf(const AssembleArgs& a, std::uint6
   }
 }
 
-// Two lookups per warp, one per half-warp (16 lanes: the 16 ways of a set, a row in 16 words a pass).
+// Two lookups per warp (a half-warp each), each from its given source address.
+__global__ void __launch_bounds__(kThreads) AssembleKernel(AssembleArgs a) {
+  const unsigned lane = threadIdx.x & 31U;
+  const unsigned half = lane >> 4;
+  const unsigned sub = lane & 15U;
+  const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
+  for (std::uint64_t pair = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32; 2 * pair < a.n;
+       pair += warps) {
+    const std::uint64_t i = 2 * pair + half;
+    const bool active = i < a.n;
+    const auto* src = active && a.src != nullptr ? reinterpret_cast<const std::uint32_t*>(a.src[i]) : nullptr;
+    EmitLookup(a, i, active, src, half, sub);
+  }
+}
+
+// Two lookups per warp, one per half-warp (16 lanes: the 16 ways of a set, a row in 16 elements a pass).
 __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   const ResolveArgs& a = batch.layer[blockIdx.y];
   __shared__ unsigned long long counts[3];  // hits, host reads, region reads of this block
@@ -461,7 +355,7 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
       }
     }
     if (sub == 0 && kind >= 0) atomicAdd(&counts[kind], 1ULL);
-    EmitLookupHalf(a.out, i, active, src, half, sub);
+    EmitLookup(a.out, i, active, src, half, sub);
   }
   __syncthreads();
   if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
@@ -588,7 +482,7 @@ Status Preload() {
 
 Status LaunchAssemble(const AssembleArgs& a, cudaStream_t stream) {
   if (a.n == 0) return Status::Ok();
-  AssembleKernel<<<Blocks(a.n, kWarpsPerBlock), kThreads, 0, stream>>>(a);
+  AssembleKernel<<<Blocks((a.n + 1) / 2, kWarpsPerBlock), kThreads, 0, stream>>>(a);
   return Launched("assemble kernel");
 }
 

@@ -29,7 +29,7 @@ struct AssembleArgs {
 Status Preload();
 
 // Output assembly: rows in lookup order, DEAD positions zeroed, BF16 dequantisation (exactly as
-// engram::prefetch::DequantizeRowE4M3). One warp per lookup.
+// engram::prefetch::DequantizeRowE4M3). Two lookups per warp, as LaunchResolve.
 Status LaunchAssemble(const AssembleArgs& a, cudaStream_t stream);
 
 // Copies rows: fills[2 i] is a source address, fills[2 i + 1] a destination; a source of 0 is skipped.

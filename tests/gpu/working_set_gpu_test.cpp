@@ -142,6 +142,37 @@ void RunAndCompare(WorkingSet& ws, const std::vector<StepInput>& steps,
   }
 }
 
+// Device lookups of the first prefill's layer-1 rows (hashed on the host) after the workload ran through
+// a cache large enough to hold every row read: each is found and its slot holds its bytes; a row almost
+// surely never read is not found.
+void ExpectDeviceLookupsFindThePrefillRows(WorkingSet& ws, const std::vector<StepInput>& steps) {
+  const Layout& layout = ws.layout();
+  std::vector<std::int64_t> rows = test::ReferenceRows(layout, 1, steps[0].tokens[0]);
+  rows.push_back(layout.layer_rows(1) - 1);  // almost surely never read
+  const auto n = static_cast<std::uint32_t>(rows.size());
+  std::int64_t* d_rows = nullptr;
+  std::int32_t* d_slots = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_rows), n * 8), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_slots), n * 4), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(d_rows, rows.data(), n * 8, cudaMemcpyHostToDevice), cudaSuccess);
+  Stream stream;
+  ASSERT_TRUE(ws.LookupAsync(1, d_rows, n, d_slots, stream.s).ok());
+  std::vector<std::int32_t> slots(n);
+  ASSERT_EQ(cudaMemcpyAsync(slots.data(), d_slots, n * 4, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+  const auto expect = test::ExpectedRows(layout, 1, rows);
+  for (std::uint32_t i = 0; i + 1 < n; ++i) {
+    ASSERT_GE(slots[i], 0) << "row " << rows[i] << " not found on the device";
+    std::vector<std::byte> got(layout.row_bytes());
+    ASSERT_EQ(cudaMemcpy(got.data(), ws.CacheSlotRow(slots[i]), got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(std::memcmp(got.data(), expect.data() + static_cast<std::size_t>(i) * layout.row_bytes(), got.size()), 0)
+        << "row " << rows[i];
+  }
+  EXPECT_EQ(slots[n - 1], -1);
+  cudaFree(d_rows);
+  cudaFree(d_slots);
+}
+
 class WorkingSetTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -288,32 +319,7 @@ TEST_F(WorkingSetTest, DeviceLookupAgreesWithTheCachedRows) {
   ASSERT_NE(ws, nullptr);
   RunAndCompare(*ws, steps_, expect_);
   ASSERT_TRUE(ws->Synchronize().ok());
-  // The rows of the last prefill, hashed on the host: every one must be found, holding its bytes.
-  const Layout& layout = ws->layout();
-  std::vector<std::int64_t> rows = test::ReferenceRows(layout, 1, steps_[0].tokens[0]);
-  rows.push_back(layout.layer_rows(1) - 1);  // almost surely never read
-  const auto n = static_cast<std::uint32_t>(rows.size());
-  std::int64_t* d_rows = nullptr;
-  std::int32_t* d_slots = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_rows), n * 8), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_slots), n * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d_rows, rows.data(), n * 8, cudaMemcpyHostToDevice), cudaSuccess);
-  Stream stream;
-  ASSERT_TRUE(ws->LookupAsync(1, d_rows, n, d_slots, stream.s).ok());
-  std::vector<std::int32_t> slots(n);
-  ASSERT_EQ(cudaMemcpyAsync(slots.data(), d_slots, n * 4, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
-  const auto expect = test::ExpectedRows(layout, 1, rows);
-  for (std::uint32_t i = 0; i + 1 < n; ++i) {
-    ASSERT_GE(slots[i], 0) << "row " << rows[i] << " not found on the device";
-    std::vector<std::byte> got(layout.row_bytes());
-    ASSERT_EQ(cudaMemcpy(got.data(), ws->CacheSlotRow(slots[i]), got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_EQ(std::memcmp(got.data(), expect.data() + static_cast<std::size_t>(i) * layout.row_bytes(), got.size()), 0)
-        << "row " << rows[i];
-  }
-  EXPECT_EQ(slots[n - 1], -1);
-  cudaFree(d_rows);
-  cudaFree(d_slots);
+  ExpectDeviceLookupsFindThePrefillRows(*ws, steps_);
 }
 
 TEST_F(WorkingSetTest, WaitingOnASlotNotReleasedIsAnError) {
@@ -659,31 +665,7 @@ TEST_F(WorkingSetTest, DevicePipelineLookupAgreesWithTheCachedRows) {
   RunAndCompare(*ws, steps_, expect_);
   ASSERT_TRUE(ws->Synchronize().ok());
   EXPECT_EQ(ws->stats().evictions, 0U);
-  const Layout& layout = ws->layout();
-  std::vector<std::int64_t> rows = test::ReferenceRows(layout, 1, steps_[0].tokens[0]);
-  rows.push_back(layout.layer_rows(1) - 1);  // almost surely never read
-  const auto n = static_cast<std::uint32_t>(rows.size());
-  std::int64_t* d_rows = nullptr;
-  std::int32_t* d_slots = nullptr;
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_rows), n * 8), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_slots), n * 4), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(d_rows, rows.data(), n * 8, cudaMemcpyHostToDevice), cudaSuccess);
-  Stream stream;
-  ASSERT_TRUE(ws->LookupAsync(1, d_rows, n, d_slots, stream.s).ok());
-  std::vector<std::int32_t> slots(n);
-  ASSERT_EQ(cudaMemcpyAsync(slots.data(), d_slots, n * 4, cudaMemcpyDeviceToHost, stream.s), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
-  const auto expect = test::ExpectedRows(layout, 1, rows);
-  for (std::uint32_t i = 0; i + 1 < n; ++i) {
-    ASSERT_GE(slots[i], 0) << "row " << rows[i] << " not found on the device";
-    std::vector<std::byte> got(layout.row_bytes());
-    ASSERT_EQ(cudaMemcpy(got.data(), ws->CacheSlotRow(slots[i]), got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_EQ(std::memcmp(got.data(), expect.data() + static_cast<std::size_t>(i) * layout.row_bytes(), got.size()), 0)
-        << "row " << rows[i];
-  }
-  EXPECT_EQ(slots[n - 1], -1);
-  cudaFree(d_rows);
-  cudaFree(d_slots);
+  ExpectDeviceLookupsFindThePrefillRows(*ws, steps_);
 }
 
 TEST_F(WorkingSetTest, DestroyingADevicePipelineWithStepsNeverConsumedReturns) {
