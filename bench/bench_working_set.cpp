@@ -15,7 +15,7 @@
 //
 //   bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop]
 //                     [--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device]
-//                     [--host-cache BYTES] [--hbm-cache BYTES]
+//                     [--host-cache BYTES] [--hbm-cache BYTES] [--fuse LOOKUPS]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -82,6 +82,9 @@ struct Args {
   gpu::MissPath loop_path = gpu::MissPath::kAuto;
 };
 
+// WorkingSetOptions::fuse_lookups for every working set of the run (--fuse).
+std::uint64_t g_fuse_lookups = gpu::WorkingSetOptions{}.fuse_lookups;
+
 struct Shape {
   std::string name;
   std::size_t sequences;
@@ -131,11 +134,39 @@ std::vector<std::vector<std::vector<std::int64_t>>> HashSteps(const engram::Layo
   return out;
 }
 
+// The rows of decode steps (one token per sequence, cycled) as the working set's sequences read them once
+// past the first pass: each token's history is its sequence's tokens of the steps before, cyclically.
+std::vector<std::vector<std::vector<std::int64_t>>> HashDecodeCyclic(const engram::Layout& layout, const Steps& s) {
+  const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
+  const std::size_t k_steps = s.tokens.size();
+  const auto cols = static_cast<std::size_t>(layout.columns());
+  std::vector<std::vector<std::vector<std::int64_t>>> out(k_steps);
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    const auto h = Must(engram::LayerHasher::Create(layout, l), "hasher");
+    for (std::size_t k = 0; k < k_steps; ++k) {
+      std::vector<std::int64_t> rows;
+      for (std::size_t q = 0; q < s.tokens[k].size(); ++q) {
+        std::vector<std::int32_t> w;
+        for (std::size_t j = hist; j >= 1; --j) w.push_back(s.tokens[(k + k_steps * hist - j) % k_steps][q].at(0));
+        w.push_back(s.tokens[k][q].at(0));
+        std::vector<std::int64_t> r(w.size() * cols);
+        Must(engram::HashFreshSequences(h, w, 0, r), "hash");
+        rows.insert(rows.end(), r.end() - static_cast<std::ptrdiff_t>(cols), r.end());
+      }
+      out[k].push_back(std::move(rows));
+    }
+  }
+  return out;
+}
+
 struct RunResult {
   double lookups_per_s = 0;
   std::uint64_t steps = 0;
   std::vector<std::vector<double>> ready_s;  // per layer: Submit -> output on the device
   gpu::WorkingSetStats before, after;
+  // Host seconds of the loop's parts: sequences (create, release), Submit, the consumer's Wait/Done calls,
+  // retiring (waiting for the oldest step's events, Finish).
+  double seq_s = 0, submit_s = 0, consume_s = 0, retire_s = 0;
 };
 
 // Runs `steps` (cycled) through the working set for `seconds` (and at least min_steps steps). The consumer
@@ -161,6 +192,7 @@ RunResult Drive(gpu::WorkingSet& ws, const Steps& steps, double seconds, bool fr
   };
   std::deque<InFlight> q;
   auto retire = [&] {
+    const auto t_r = Clock::now();
     const InFlight f = q.front();
     q.pop_front();
     for (int l = 0; l < layers; ++l) {
@@ -168,11 +200,13 @@ RunResult Drive(gpu::WorkingSet& ws, const Steps& steps, double seconds, bool fr
       r.ready_s[static_cast<std::size_t>(l)].push_back(Since(f.submitted));
     }
     Must(ws.Finish(f.id), "finish");
+    r.retire_s += Since(t_r);
   };
   const auto t0 = Clock::now();
   std::size_t k = 0;
   while (Since(t0) < seconds || k < min_steps) {
     const auto& step = steps.tokens[k % steps.tokens.size()];
+    const auto t_seq = Clock::now();
     if (fresh_each_step || seqs.empty()) {
       for (auto s : seqs) (void)ws.Release(s);
       seqs.clear();
@@ -181,13 +215,17 @@ RunResult Drive(gpu::WorkingSet& ws, const Steps& steps, double seconds, bool fr
     std::vector<prefetch::SequenceInput> batch;
     for (std::size_t q2 = 0; q2 < step.size(); ++q2) batch.push_back({seqs[q2], step[q2], {}});
     const auto s0 = Clock::now();
+    r.seq_s += std::chrono::duration<double>(s0 - t_seq).count();
     const auto sid = Must(ws.Submit(batch), "submit");
+    const auto t_c = Clock::now();
+    r.submit_s += std::chrono::duration<double>(t_c - s0).count();
     const std::size_t e0 = (k % 2) * static_cast<std::size_t>(layers);
     for (int l = 0; l < layers; ++l) {
       Must(ws.Wait(sid, l, stream), "wait");
       CK(cudaEventRecord(ev[e0 + static_cast<std::size_t>(l)], stream));
       Must(ws.Done(sid, l, stream), "done");
     }
+    r.consume_s += Since(t_c);
     q.push_back({sid, s0, e0});
     while (static_cast<int>(q.size()) >= depth) retire();
     std::size_t n = 0;
@@ -306,6 +344,7 @@ std::unique_ptr<gpu::WorkingSet> MakeWs(const engram::store::Store& store, const
   o.path = path;
   o.cache_bytes = cache;
   o.max_tokens = max_tokens;
+  o.fuse_lookups = g_fuse_lookups;
   o.prefetch.gather_threads = threads;
   o.prefetch.staging_bytes = 2ULL << 30;
   return Must(gpu::WorkingSet::Create(store, v, host, o), "working set");
@@ -334,7 +373,8 @@ void PrintSplit(const char* name, const RunResult& r, int layers) {
   const double all =
       hits + static_cast<double>((a.staged_rows - b.staged_rows) + (a.zero_copy_rows - b.zero_copy_rows) +
                                  (a.hbm_region_hits - b.hbm_region_hits));
-  std::printf("  hbm hit %4.1f%%\n", all > 0 ? 100 * hits / all : 0.0);
+  std::printf("  hbm hit %4.1f%%  host seq/submit/consume/retire %.0f/%.0f/%.0f/%.0f\n",
+              all > 0 ? 100 * hits / all : 0.0, r.seq_s * us, r.submit_s * us, r.consume_s * us, r.retire_s * us);
 }
 
 }  // namespace
@@ -358,6 +398,8 @@ int main(int argc, char** argv) {
       a.host_cache = std::stoull(v);
     else if (k == "--hbm-cache")
       a.hbm_cache = std::stoull(v);
+    else if (k == "--fuse")
+      g_fuse_lookups = std::stoull(v);
     else if (k == "--loop-path")
       a.loop_path = v == "staged"      ? gpu::MissPath::kStaged
                     : v == "zero-copy" ? gpu::MissPath::kZeroCopy
@@ -372,7 +414,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
                  "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
-                 "[--hbm-cache BYTES]\n");
+                 "[--hbm-cache BYTES] [--fuse LOOKUPS]\n");
     return 2;
   }
   auto store = Must(engram::store::Store::Open(a.store), "open store");
@@ -411,7 +453,10 @@ int main(int argc, char** argv) {
     std::vector<std::pair<std::string, RunResult>> splits;
     for (const auto& sh : shapes) {
       const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 6 : 64);
-      const auto rows = HashSteps(layout, steps);
+      // Decode: sequences continue through the cycled steps (as an engine's do), and the baselines read the
+      // rows they read once past the first pass. Prefill: a fresh sequence per chunk, for all of them.
+      const bool decode = sh.tokens == 1;
+      const auto rows = decode ? HashDecodeCyclic(layout, steps) : HashSteps(layout, steps);
       const double cpu = CpuGatherCopy(*resident, layout, rows, a.threads, a.seconds);
       std::vector<std::vector<std::uint64_t>> zsrc;
       for (const auto& s : rows) {
@@ -426,16 +471,15 @@ int main(int argc, char** argv) {
       }
       const double zk = KernelGather(zsrc, layout.row_bytes(), a.seconds);
       const auto max_tokens = static_cast<std::int64_t>(sh.sequences * sh.tokens);
-      // Rows only, as the baselines; fresh sequences every step, so that the working set reads exactly the
-      // baselines' rows (HashSteps hashes fresh sequences: a decode step's ids with pad history).
+      // Rows only, as the baselines, and the baselines' rows (decode past its first pass).
       auto ws1 = MakeWs(*store, v, resident.get(), gpu::MissPath::kStaged, 0, a.threads, max_tokens, false);
-      const RunResult r1 = Drive(*ws1, steps, a.seconds, true, 3, 2);
+      const RunResult r1 = Drive(*ws1, steps, a.seconds, !decode, 3, 2);
       ws1.reset();
       auto ws2 = MakeWs(*store, v, resident.get(), gpu::MissPath::kZeroCopy, 0, a.threads, max_tokens, false);
-      const RunResult r2 = Drive(*ws2, steps, a.seconds, true, 3, 2);
+      const RunResult r2 = Drive(*ws2, steps, a.seconds, !decode, 3, 2);
       ws2.reset();
       auto ws3 = MakeWs(*store, v, resident.get(), gpu::MissPath::kDevice, 0, a.threads, max_tokens, false);
-      const RunResult r3 = Drive(*ws3, steps, a.seconds, true, 3, 2);
+      const RunResult r3 = Drive(*ws3, steps, a.seconds, !decode, 3, 2);
       ws3.reset();
       const double best = std::max({r1.lookups_per_s, r2.lookups_per_s, r3.lookups_per_s});
       std::printf("%-16s %12.4g %12.4g %12.4g %12.4g %12.4g %7.0f%% %8s\n", sh.name.c_str(), cpu, zk, r1.lookups_per_s,
