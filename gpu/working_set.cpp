@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +14,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <thread>
 
 #include "../core/hash_mix.hpp"
@@ -41,12 +43,19 @@ using Clock = std::chrono::steady_clock;
 using prefetch::StepId;
 constexpr std::uint64_t kEmptyKey = ~0ULL;
 
+Status DriverStatus(CUresult r, const char* what) {
+  if (r == CUDA_SUCCESS) return Status::Ok();
+  return Status::Internal(std::string(what) + " failed: CUresult " + std::to_string(static_cast<int>(r)));
+}
+
 // Stream memory operations, from the driver through the runtime (no link against libcuda).
 struct MemOps {
   using WaitFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
   using WriteFn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+  using BatchFn = CUresult (*)(CUstream, unsigned int, CUstreamBatchMemOpParams*, unsigned int);
   WaitFn wait = nullptr;
   WriteFn write = nullptr;
+  BatchFn batch = nullptr;
 };
 
 Result<MemOps> LoadMemOps() {
@@ -63,12 +72,33 @@ Result<MemOps> LoadMemOps() {
     return Status::Unavailable("working set: the driver has no cuStreamWriteValue32 (stream memory operations)");
   }
   m.write = reinterpret_cast<MemOps::WriteFn>(p);
+  ENGRAM_CUDA_RETURN(cudaGetDriverEntryPointByVersion("cuStreamBatchMemOp", &p, 12000, cudaEnableDefault, &q));
+  if (q != cudaDriverEntryPointSuccess || p == nullptr) {
+    return Status::Unavailable("working set: the driver has no cuStreamBatchMemOp (stream memory operations)");
+  }
+  m.batch = reinterpret_cast<MemOps::BatchFn>(p);
   return m;
 }
 
-Status DriverStatus(CUresult r, const char* what) {
-  if (r == CUDA_SUCCESS) return Status::Ok();
-  return Status::Internal(std::string(what) + " failed: CUresult " + std::to_string(static_cast<int>(r)));
+// One call for several waits (value == 0) or writes (value 1) of 32-bit flags.
+Status FlagOps(const MemOps& m, cudaStream_t stream, std::span<const CUdeviceptr> flags, bool write) {
+  std::array<CUstreamBatchMemOpParams, 8> ops{};
+  if (flags.size() > ops.size()) return Status::Internal("working set: more than 8 flags in one batch");
+  for (std::size_t k = 0; k < flags.size(); ++k) {
+    if (write) {
+      ops[k].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+      ops[k].writeValue.address = flags[k];
+      ops[k].writeValue.value = 1;
+      ops[k].writeValue.flags = CU_STREAM_WRITE_VALUE_DEFAULT;
+    } else {
+      ops[k].waitValue.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+      ops[k].waitValue.address = flags[k];
+      ops[k].waitValue.value = 0;
+      ops[k].waitValue.flags = CU_STREAM_WAIT_VALUE_EQ;
+    }
+  }
+  return DriverStatus(m.batch(stream, static_cast<unsigned>(flags.size()), ops.data(), 0),
+                      write ? "cuStreamBatchMemOp (flag writes)" : "cuStreamBatchMemOp (flag waits)");
 }
 
 std::uint64_t Align(std::uint64_t v, std::uint64_t a) {
@@ -141,6 +171,8 @@ class SlotMap {
 struct StepEvents {
   std::vector<cudaEvent_t> start, copied, flagged, done;  // per layer
   bool fused = false;  // the device pipeline resolved every layer in one launch: flagged[0] .. done[last]
+  // The event that says layer l is ready (a fused step records only its last layer's).
+  [[nodiscard]] cudaEvent_t DoneEvent(int l) const { return fused ? done.back() : done[static_cast<std::size_t>(l)]; }
 };
 
 }  // namespace
@@ -251,19 +283,24 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::uint32_t dev_sets = 0;  // set cache size (computed at Init; allocated if the path is kDevice)
   std::vector<DeviceLayerHasher> hashers;
   kernels::SetCacheArgs set_cache;
-  std::int32_t* win_dev = nullptr;
-  std::uint32_t* pos_dev = nullptr;         // per token: its window position
-  std::uint32_t* miss_count_dev = nullptr;  // [layer]
+  // One upload per step on its own stream, so that it overlaps the step before: host slot -> device slot,
+  // [miss count per layer (zeros)] [each token's window position] [windows].
+  cudaStream_t upload = nullptr;
+  std::vector<std::byte*> up_dev;    // [slot]
+  std::vector<cudaEvent_t> up_used;  // [slot]: the copy stream is done with the device slot's upload
   std::uint32_t* miss_dev = nullptr;
   std::int64_t* miss_rows_dev = nullptr;
   kernels::ColumnSource* colsrc_dev = nullptr;  // [layer][column]
   unsigned long long* counters_dev = nullptr;
-  unsigned long long* counters_host = nullptr;  // pinned; copied from the device after each step
-  std::uint64_t up_bytes = 0;                   // per slot: windows, then each token's window position
-  std::vector<std::byte*> up_host;              // [slot], pinned
-  std::vector<cudaEvent_t> up_free;             // [slot]: its upload is done
-  std::mutex submit_mu;                         // steps reach the copy stream in id order
-  std::atomic<StepId> next_device_step{1};      // written under submit_mu, read anywhere
+  unsigned long long* counters_host = nullptr;  // pinned; copied from the device when stats() asks
+  cudaStream_t counters_stream = nullptr;       // stats()'s copy of the counters, beside the copy stream
+  mutable std::mutex counters_mu;
+  std::uint64_t up_bytes = 0;               // per slot: miss counts, window positions, windows
+  std::uint64_t up_counts = 0;              // bytes of the miss counts at its start (16-aligned)
+  std::vector<std::byte*> up_host;          // [slot], pinned
+  std::vector<cudaEvent_t> up_free;         // [slot]: its upload is done
+  std::mutex submit_mu;                     // steps reach the copy stream in id order
+  std::atomic<StepId> next_device_step{1};  // written under submit_mu, read anywhere
   bool device() const noexcept { return path == MissPath::kDevice; }
   // Miss lists: one of max_lookups, or one per layer for a fused step (at most fuse_lookups each).
   std::uint64_t MissCap() const {
@@ -446,6 +483,9 @@ Status WorkingSet::Impl::Init() {
   ENGRAM_RETURN_IF_ERROR(LoadRegions());
   ENGRAM_RETURN_IF_ERROR(ChoosePath());
   if (device()) {
+    // The device pipeline stages nothing on the host: the pinned staging goes back now (the prefetcher
+    // gets a token heap buffer; it only keeps the sequences).
+    staging_arena.reset();
     ENGRAM_RETURN_IF_ERROR(AllocatePipeline());
   } else {
     ENGRAM_RETURN_IF_ERROR(AllocateHostPath());
@@ -527,14 +567,14 @@ Status WorkingSet::Impl::AllocatePipeline() {
   miss_rows_dev = static_cast<std::int64_t*>(p);
   ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(MissCap() * 4, "miss list"));
   miss_dev = static_cast<std::uint32_t*>(p);
-  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(static_cast<std::uint64_t>(layers) * 4, "miss counts"));
-  miss_count_dev = static_cast<std::uint32_t*>(p);
-  // Windows: each sequence's history and tokens; a step has at most max_tokens sequences and tokens.
-  const std::uint64_t win_bytes = Align(t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 16);
-  up_bytes = win_bytes + t * 4;
-  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(up_bytes, "hash windows"));
-  win_dev = static_cast<std::int32_t*>(p);
-  pos_dev = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(p) + win_bytes);
+  // The upload: miss counts, positions, windows (each sequence's history and tokens; a step has at most
+  // max_tokens sequences and tokens).
+  up_counts = Align(static_cast<std::uint64_t>(layers) * 4, 16);
+  up_bytes = Align(up_counts + Align(t * 4, 16) + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 256);
+  ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(up_bytes * slots, "step uploads (miss counts, positions, windows)"));
+  up_dev.clear();
+  for (std::uint32_t k = 0; k < slots; ++k) up_dev.push_back(static_cast<std::byte*>(p) + k * up_bytes);
+  ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking));
   ENGRAM_ASSIGN_OR_RETURN(
       p, DeviceAlloc(static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource), "column sources"));
   colsrc_dev = static_cast<kernels::ColumnSource*>(p);
@@ -544,6 +584,7 @@ Status WorkingSet::Impl::AllocatePipeline() {
   ENGRAM_CUDA_RETURN(
       cudaHostAlloc(reinterpret_cast<void**>(&counters_host), kernels::kNumDeviceCounters * 8, cudaHostAllocDefault));
   std::memset(counters_host, 0, kernels::kNumDeviceCounters * 8);
+  ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&counters_stream, cudaStreamNonBlocking));
   // Where each column's rows are: its HBM region, else its resident host region through the mapping.
   std::vector<kernels::ColumnSource> src(static_cast<std::size_t>(layers) * cols);
   for (int l = 0; l < layers; ++l) {
@@ -567,9 +608,11 @@ Status WorkingSet::Impl::AllocatePipeline() {
   }
   up_host.assign(slots, nullptr);
   up_free.assign(slots, nullptr);
+  up_used.assign(slots, nullptr);
   for (std::uint32_t k = 0; k < slots; ++k) {
     ENGRAM_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&up_host[k]), up_bytes, cudaHostAllocDefault));
     ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&up_free[k], cudaEventDisableTiming));
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&up_used[k], cudaEventDisableTiming));
   }
   return Status::Ok();
 }
@@ -1063,41 +1106,43 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     std::lock_guard<std::mutex> lock(mu);
     step_tokens[step] = static_cast<std::int64_t>(tokens);
   }
-  // Upload the windows and each token's position in them in one copy from this slot's pinned buffer,
-  // once its previous upload is done.
+  // The upload: miss counts (zero), each token's window position, the windows; from this slot's pinned
+  // buffer once its previous upload is done, on the upload stream once the copy stream is done with the
+  // slot's device buffer (the step `slots` before), so that it overlaps the step before.
   ENGRAM_CUDA_RETURN(cudaEventSynchronize(up_free[slot]));
   std::byte* up = up_host[slot];
-  const auto t = static_cast<std::uint64_t>(opt.max_tokens);
-  const std::uint64_t win_bytes = Align(t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 16);
-  std::memcpy(up, w.window.data(), w.window.size() * 4);
-  auto* pos = reinterpret_cast<std::uint32_t*>(up + win_bytes);
+  std::byte* dev = up_dev[slot];
+  const std::uint64_t win_at = up_counts + Align(tokens * 4, 16);
+  const std::uint64_t up_step = win_at + w.window.size() * 4;
+  std::memset(up, 0, up_counts);
+  std::memcpy(up + win_at, w.window.data(), w.window.size() * 4);
+  auto* pos = reinterpret_cast<std::uint32_t*>(up + up_counts);
   for (std::uint32_t sg = 0; sg < nseg; ++sg) {
     const auto at = static_cast<std::uint32_t>(w.segment_begin[sg] + sg * hist + hist);
     for (std::uint32_t k = w.segment_begin[sg]; k < w.segment_begin[sg + 1]; ++k)
       pos[k] = at + (k - w.segment_begin[sg]);
   }
-  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[0], copy));
-  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(win_dev, up, w.window.size() * 4, cudaMemcpyHostToDevice, copy));
-  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(pos_dev, pos, tokens * 4, cudaMemcpyHostToDevice, copy));
-  ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], copy));
-  ENGRAM_CUDA_RETURN(cudaMemsetAsync(miss_count_dev, 0, static_cast<std::uint64_t>(layers) * 4, copy));
-  ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[0], copy));
-  // Layers in groups: all of them in one launch for a small step, else one by one (layer 0 first).
+  ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(upload, up_used[slot], 0));
+  ENGRAM_CUDA_RETURN(cudaMemcpyAsync(dev, up, up_step, cudaMemcpyHostToDevice, upload));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], upload));
+  ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(copy, up_free[slot], 0));
+  auto* miss_count_dev = reinterpret_cast<std::uint32_t*>(dev);
+  // Layers in groups: all of them in one launch for a small step, else one by one (layer 0 first). Each
+  // group waits for its layers' output slots to be released, in one call, and sets their flags in one.
   const bool fused = Fuse(n);
   ev->fused = fused;
   const int group = fused ? layers : 1;
+  std::array<CUdeviceptr, kernels::kMaxFusedLayers> group_flags{};
   for (int l0 = 0; l0 < layers; l0 += group) {
     kernels::ResolveBatch group_args;
     group_args.layers = group;
     for (int l = l0; l < l0 + group; ++l) {
       const auto li = static_cast<std::size_t>(l);
       const std::size_t sl = SL(slot, l);
-      ENGRAM_RETURN_IF_ERROR(
-          DriverStatus(memops.wait(copy, reinterpret_cast<CUdeviceptr>(flags + sl), 0, CU_STREAM_WAIT_VALUE_EQ),
-                       "cuStreamWaitValue32"));
+      group_flags[static_cast<std::size_t>(l - l0)] = reinterpret_cast<CUdeviceptr>(flags + sl);
       kernels::ResolveArgs& a = group_args.layer[l - l0];
-      a.window = win_dev;
-      a.token_pos = pos_dev;
+      a.window = reinterpret_cast<const std::int32_t*>(dev + win_at);
+      a.token_pos = reinterpret_cast<const std::uint32_t*>(dev + up_counts);
       a.hash = hashers[li].params();
       a.columns = colsrc_dev + LC(l, 0);
       a.num_columns = static_cast<std::uint32_t>(cols);
@@ -1116,18 +1161,16 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
       errors_host[err] = 0;
       a.out.error = errors_dev + err;
     }
+    const std::span<const CUdeviceptr> gf(group_flags.data(), static_cast<std::size_t>(group));
+    ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, false));
     ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(group_args, copy));
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(group_args, n, copy));
-    for (int l = l0; l < l0 + group; ++l) {
-      ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[static_cast<std::size_t>(l)], copy));
-      ENGRAM_RETURN_IF_ERROR(DriverStatus(
-          memops.write(copy, reinterpret_cast<CUdeviceptr>(flags + SL(slot, l)), 1, CU_STREAM_WRITE_VALUE_DEFAULT),
-          "cuStreamWriteValue32"));
-    }
+    // One completion event per group: a fused step's layers are ready together (DoneEvent).
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[static_cast<std::size_t>(l0 + group - 1)], copy));
+    ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, true));
   }
-  ENGRAM_CUDA_RETURN(
-      cudaMemcpyAsync(counters_host, counters_dev, kernels::kNumDeviceCounters * 8, cudaMemcpyDeviceToHost, copy));
+  ENGRAM_CUDA_RETURN(cudaEventRecord(up_used[slot], copy));
   std::lock_guard<std::mutex> lock(mu);
   st.layers += static_cast<std::uint64_t>(layers);
   st.staged_bytes += (w.window.size() + tokens) * 4;
@@ -1157,8 +1200,8 @@ void WorkingSet::Impl::RunFinisher() {
       cudaEventSynchronize(ev->done[static_cast<std::size_t>(layers - 1)]);
       for (std::size_t l = 0; l < static_cast<std::size_t>(layers); ++l) {
         float a = 0, b = 0;
-        // The device pipeline records its upload once per step (layer 0's events).
-        if ((!device() || l == 0) && cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) {
+        // The device pipeline's uploads overlap the steps before them and are not timed.
+        if (!device() && cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) {
           copy_s += a / 1e3;
         }
         // A fused step has one span, flagged[0] .. done[last].
@@ -1219,6 +1262,7 @@ WorkingSet::Impl::~Impl() {
   drainer.join();
   DrainCopyStream();
   if (copy != nullptr) cudaStreamSynchronize(copy);
+  if (upload != nullptr) cudaStreamSynchronize(upload);
   for (auto& [id, e] : events) free_events.push_back(std::move(e));
   for (auto& e : free_events) {
     for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
@@ -1231,11 +1275,15 @@ WorkingSet::Impl::~Impl() {
   for (void* p : allocations) cudaFree(p);
   if (errors_host != nullptr) cudaFreeHost(errors_host);
   if (counters_host != nullptr) cudaFreeHost(counters_host);
+  if (counters_stream != nullptr) cudaStreamDestroy(counters_stream);
   for (std::byte* p : up_host) {
     if (p != nullptr) cudaFreeHost(p);
   }
-  for (auto e : up_free) {
-    if (e != nullptr) cudaEventDestroy(e);
+  if (upload != nullptr) cudaStreamDestroy(upload);
+  for (auto* v : {&up_free, &up_used}) {
+    for (auto e : *v) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
   }
   if (copy != nullptr) cudaStreamDestroy(copy);
 }
@@ -1256,6 +1304,10 @@ Result<std::unique_ptr<WorkingSet>> WorkingSet::Create(const store::Store& store
   prefetch::PrefetcherOptions po = options.prefetch;
   po.device = impl.get();
   po.staging_arena = impl->staging_arena.get();
+  if (impl->device()) {
+    po.staging_bytes = 4096;
+    po.gather_threads = 1;
+  }
   ENGRAM_ASSIGN_OR_RETURN(impl->prefetcher, prefetch::Prefetcher::Create(store, std::move(version), host_tier, po));
   Impl* raw = impl.get();
   impl->finisher = std::thread([raw] { raw->RunFinisher(); });
@@ -1380,8 +1432,7 @@ Status WorkingSet::LayerStatus(StepId step, int l) {
   cudaEvent_t done = nullptr;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    if (auto it = impl_->events.find(step); it != impl_->events.end())
-      done = it->second->done[static_cast<std::size_t>(l)];
+    if (auto it = impl_->events.find(step); it != impl_->events.end()) done = it->second->DoneEvent(l);
   }
   if (done != nullptr) ENGRAM_CUDA_RETURN(cudaEventSynchronize(done));
   const std::uint32_t e = impl_->errors_host[(step % Impl::kErrorRing) * static_cast<std::size_t>(impl_->layers) +
@@ -1446,9 +1497,20 @@ WorkingSetStats WorkingSet::stats() const {
   s.device_bytes = im.device_bytes;
   s.host = im.prefetcher->stats();
   if (im.device()) {
-    // As of the last step whose counters came back (each step's copy stream work ends with them).
+    // Copied now on a stream of their own (not behind the steps on the copy stream): every finished step
+    // is counted, a step in flight in part.
     std::uint64_t c[kernels::kNumDeviceCounters];
-    std::memcpy(c, im.counters_host, sizeof(c));
+    {
+      std::lock_guard<std::mutex> lock(im.counters_mu);
+      const cudaError_t e =
+          cudaMemcpyAsync(im.counters_host, im.counters_dev, sizeof(c), cudaMemcpyDeviceToHost, im.counters_stream);
+      const cudaError_t e2 = e == cudaSuccess ? cudaStreamSynchronize(im.counters_stream) : e;
+      if (e2 != cudaSuccess) {
+        Log(LogLevel::kWarn, "working set: stats: the device counters could not be read ({}); showing the last read",
+            cudaGetErrorString(e2));
+      }
+      std::memcpy(c, im.counters_host, sizeof(c));
+    }
     s.cache_hits = c[kernels::kCacheHits];
     s.zero_copy_rows = c[kernels::kHostReads];
     s.hbm_region_hits = c[kernels::kRegionReads];

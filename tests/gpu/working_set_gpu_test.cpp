@@ -504,6 +504,7 @@ TEST_F(WorkingSetTest, DevicePipelineWithoutCacheMatchesTheCpuBackend) {
   WorkingSetOptions o;
   o.cache_bytes = 0;
   o.path = MissPath::kDevice;
+  o.fuse_lookups = 0;  // one launch per layer (the fused launch has its own test)
   auto ws = Make(host.get(), o);
   ASSERT_NE(ws, nullptr);
   RunAndCompare(*ws, steps_, expect_);
@@ -521,6 +522,7 @@ TEST_F(WorkingSetTest, DevicePipelineCacheHitsAndEvictionsMatchTheCpuBackend) {
   WorkingSetOptions o;
   o.cache_bytes = 256ULL << 10;  // 55 sets of 16: the workload reads more distinct rows
   o.path = MissPath::kDevice;
+  o.fuse_lookups = 0;
   auto ws = Make(host.get(), o);
   ASSERT_NE(ws, nullptr);
   RunAndCompare(*ws, steps_, expect_);
@@ -682,6 +684,17 @@ TEST_F(WorkingSetTest, DestroyingADevicePipelineWithStepsNeverConsumedReturns) {
   }
   ws.reset();  // must return
   SUCCEED();
+}
+
+TEST_F(WorkingSetTest, TheDevicePipelineKeepsNoPinnedStaging) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.path = MissPath::kDevice;
+  o.prefetch.staging_bytes = 64ULL << 20;
+  auto ws = Make(host.get(), o);
+  ASSERT_NE(ws, nullptr);
+  EXPECT_EQ(ws->stats().host.staging.budget_bytes, 4096U);  // a heap token, not the 64 MiB asked for
+  RunAndCompare(*ws, {steps_.begin(), steps_.begin() + 3}, {expect_.begin(), expect_.begin() + 3});
 }
 
 }  // namespace

@@ -77,10 +77,11 @@ struct WorkingSetOptions {
   std::int64_t max_tokens = 16384;
   // kDevice: a step of at most this many lookups per layer (tokens x columns) resolves all its layers
   // (up to 4) in one kernel launch, then admits in one; its first layer is then ready when its last is.
-  // Measured on the H100 (docs/gpu.md): decode B=1 (24 lookups) layer 0 ready 53 -> 43 us; B=64 (1,536)
-  // 69 -> 100 us with the same throughput, since a layer of that size is bound by its reads, not its
-  // launch. 0: one launch per layer always. Default: 1024 (V4.1: decode up to 42 sequences).
-  std::uint64_t fuse_lookups = 1024;
+  // Measured on the H100 (docs/gpu.md): decode B=1 (24 lookups) layer 0 ready 53 -> 43 us; B=64 (1,536
+  // lookups, 2 steps in flight, 264 B rows) 41.8 M lookups/s against 37.1 M, layer 0 ready 141 against
+  // 122 us (p50), layer 1 143 against 162 us. 0: one launch per layer always. Default: 2048 (V4.1:
+  // decode up to 85 sequences).
+  std::uint64_t fuse_lookups = 2048;
   // Outputs to produce. rows: [T, H, row_bytes]; bf16: [T, H * dim] for FP8 rows. Defaults: both.
   bool rows_output = true;
   bool bf16_output = true;
@@ -89,7 +90,9 @@ struct WorkingSetOptions {
   // emulate a smaller card. 0: no limit beyond the card. Default: 0.
   std::uint64_t device_budget_bytes = 0;
   // The host side. staging_bytes is taken from a pinned arena the working set owns (registered with
-  // CUDA); `device` is set by the working set. Defaults: PrefetcherOptions{}.
+  // CUDA; kAuto measures the paths with it); the device pipeline frees it once chosen and its prefetcher
+  // gathers nothing (one thread, no staging). `device` is set by the working set. Defaults:
+  // PrefetcherOptions{}.
   prefetch::PrefetcherOptions prefetch;
 };
 
@@ -112,8 +115,9 @@ struct WorkingSetStats {
   std::uint64_t cache_slots = 0;
   std::uint64_t cache_held = 0;  // slots holding a row
   std::uint64_t hbm_region_rows = 0;
-  // Distinct rows of all layers served so far, by source (kDevice: lookups, not distinct rows, as of the
-  // last step whose device counters came back; zero_copy_rows counts reads through the mapping).
+  // Distinct rows of all layers served so far, by source (kDevice: lookups, not distinct rows; stats()
+  // copies the device counters on a stream of its own and waits for that small copy only, so finished
+  // steps are counted and a step in flight in part; zero_copy_rows counts reads through the mapping).
   std::uint64_t hbm_region_hits = 0;
   std::uint64_t cache_hits = 0;
   std::uint64_t zero_copy_rows = 0;
