@@ -15,7 +15,10 @@
 //
 //   bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop]
 //                     [--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device]
-//                     [--host-cache BYTES] [--hbm-cache BYTES] [--fuse LOOKUPS]
+//                     [--host-cache BYTES] [--hbm-cache BYTES] [--fuse LOOKUPS] [--sort LOOKUPS]
+//                     [--grow-huge-pages 0|1]
+// Sections: transfer, hit, loop, reach (the plain zero-copy kernel over random rows of a growing span of
+// the resident tier: how the GPU's reads of mapped host memory slow down as they spread).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -23,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -80,10 +84,13 @@ struct Args {
   std::uint64_t host_cache = 4ULL << 30;
   std::uint64_t hbm_cache = 1ULL << 30;
   gpu::MissPath loop_path = gpu::MissPath::kAuto;
+  bool grow_huge_pages = false;  // the resident tier on explicit huge pages, growing the pool (root)
 };
 
 // WorkingSetOptions::fuse_lookups for every working set of the run (--fuse).
 std::uint64_t g_fuse_lookups = gpu::WorkingSetOptions{}.fuse_lookups;
+// WorkingSetOptions::sort_lookups_from (--sort).
+std::uint64_t g_sort_lookups_from = gpu::WorkingSetOptions{}.sort_lookups_from;
 
 struct Shape {
   std::string name;
@@ -345,6 +352,7 @@ std::unique_ptr<gpu::WorkingSet> MakeWs(const engram::store::Store& store, const
   o.cache_bytes = cache;
   o.max_tokens = max_tokens;
   o.fuse_lookups = g_fuse_lookups;
+  o.sort_lookups_from = g_sort_lookups_from;
   o.prefetch.gather_threads = threads;
   o.prefetch.staging_bytes = 2ULL << 30;
   return Must(gpu::WorkingSet::Create(store, v, host, o), "working set");
@@ -400,6 +408,10 @@ int main(int argc, char** argv) {
       a.hbm_cache = std::stoull(v);
     else if (k == "--fuse")
       g_fuse_lookups = std::stoull(v);
+    else if (k == "--sort")
+      g_sort_lookups_from = std::stoull(v);
+    else if (k == "--grow-huge-pages")
+      a.grow_huge_pages = v == "1";
     else if (k == "--loop-path")
       a.loop_path = v == "staged"      ? gpu::MissPath::kStaged
                     : v == "zero-copy" ? gpu::MissPath::kZeroCopy
@@ -414,7 +426,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
                  "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
-                 "[--hbm-cache BYTES] [--fuse LOOKUPS]\n");
+                 "[--hbm-cache BYTES] [--fuse LOOKUPS] [--sort LOOKUPS] [--grow-huge-pages 0|1]\n");
     return 2;
   }
   auto store = Must(engram::store::Store::Open(a.store), "open store");
@@ -433,6 +445,10 @@ int main(int argc, char** argv) {
     memory::HostTierOptions ho;
     ho.resident = memory::ResidentRegions::kAll;
     ho.arena.registrar = registrar.get();
+    if (a.grow_huge_pages) {
+      ho.arena.huge_pages = memory::HugePages::kExplicit;
+      ho.arena.reserve = memory::HugePageReserve::kGrowPool;
+    }
     resident = Must(memory::HostTier::Create(layout, ho), "host tier");
     const auto t0 = Clock::now();
     Must(resident->LoadResident(*store, v), "load");
@@ -496,6 +512,32 @@ int main(int argc, char** argv) {
         "\nper step (us), 2 steps in flight; ready includes the overlap\n%-26s %6s %9s  %7s %7s %7s %7s %7s %7s\n",
         "transfer run", "steps", "lookups/s", "hash", "lookup", "io", "gather", "copy", "asm");
     for (const auto& [name, r] : transfer_splits) PrintSplit(name.c_str(), r, layers);
+  }
+
+  if (a.sections.find("reach") != std::string::npos) {
+    need_resident();
+    std::printf("\n== reach: plain zero-copy kernel, 65536 random rows of layer 0 within its first N bytes (rows/s)\n");
+    const std::int64_t layer_rows = layout.layer_rows(0);
+    const std::uint64_t rb = layout.row_bytes();
+    std::mt19937_64 rng(7);
+    for (std::uint64_t span = 2ULL << 20;; span *= 2) {
+      const auto rows = std::min<std::int64_t>(layer_rows, static_cast<std::int64_t>(span / rb));
+      std::vector<std::uint64_t> src(65536);
+      for (auto& p : src) {
+        const auto g = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(rows));
+        int c = 0;
+        while (c + 1 < layout.columns() && layout.region_offset(0, c + 1) <= g) ++c;
+        const std::byte* h = resident->ResidentRow(0, c, g);
+        p = reinterpret_cast<std::uint64_t>(Must(gpu::MappedDevicePointer(const_cast<std::byte*>(h)), "map"));
+      }
+      const double r = KernelGather({src}, layout.row_bytes(), a.seconds / 4);
+      std::sort(src.begin(), src.end());
+      const double rs = KernelGather({src}, layout.row_bytes(), a.seconds / 4);
+      std::printf("span %10.1f MiB  %12.4g rows/s  %8.2f GB/s   sorted by address %12.4g rows/s  %8.2f GB/s\n",
+                  static_cast<double>(rows) * static_cast<double>(rb) / (1 << 20), r, r * static_cast<double>(rb) / 1e9,
+                  rs, rs * static_cast<double>(rb) / 1e9);
+      if (rows == layer_rows) break;
+    }
   }
 
   if (a.sections.find("hit") != std::string::npos) {

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -286,8 +287,9 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   // One upload per step on its own stream, so that it overlaps the step before: host slot -> device slot,
   // [miss count per layer (zeros)] [each token's window position] [windows].
   cudaStream_t upload = nullptr;
-  std::vector<std::byte*> up_dev;    // [slot]
-  std::vector<cudaEvent_t> up_used;  // [slot]: the copy stream is done with the device slot's upload
+  kernels::SortBuffers sort_buffers;  // for Sort(n) layers
+  std::vector<std::byte*> up_dev;     // [slot]
+  std::vector<cudaEvent_t> up_used;   // [slot]: the copy stream is done with the device slot's upload
   std::uint32_t* miss_dev = nullptr;
   std::int64_t* miss_rows_dev = nullptr;
   kernels::ColumnSource* colsrc_dev = nullptr;  // [layer][column]
@@ -309,10 +311,28 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
     return std::max(max_lookups, fused);
   }
   bool Fuse(std::uint64_t n) const { return layers > 1 && layers <= kernels::kMaxFusedLayers && n <= opt.fuse_lookups; }
-  std::uint64_t PipelineBytes() const {
+  // Unfused layers of at least sort_lookups_from lookups are resolved in row order.
+  bool Sorts() const { return opt.sort_lookups_from > 0 && opt.sort_lookups_from <= max_lookups; }
+  bool Sort(std::uint64_t n) const { return Sorts() && n >= opt.sort_lookups_from && !Fuse(n); }
+  int SortBits() const {
+    std::int64_t most = 1;
+    for (int l = 0; l < layers; ++l) most = std::max(most, layout.layer_rows(l));
+    return 64 - __builtin_clzll(static_cast<std::uint64_t>(most));
+  }
+  std::uint64_t UploadBytes() const {
     const auto t = static_cast<std::uint64_t>(opt.max_tokens);
-    return MissCap() * 12 + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4 + t * 4 + 16 +
-           static_cast<std::uint64_t>(layers) * (4 + cols * sizeof(kernels::ColumnSource)) + 256;
+    return Align(Align(static_cast<std::uint64_t>(layers) * 4, 16) + Align(t * 4, 16) +
+                     t * static_cast<std::uint64_t>(layout.max_ngram()) * 4,
+                 256);
+  }
+  Result<std::uint64_t> PipelineBytes() const {
+    std::uint64_t sort = 0;
+    if (Sorts()) {
+      ENGRAM_ASSIGN_OR_RETURN(const std::uint64_t temp, kernels::SortTempBytes(max_lookups, SortBits()));
+      sort = max_lookups * 24 + temp;
+    }
+    return MissCap() * 12 + UploadBytes() * slots + sort +
+           static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource) + 256;
   }
   Status AllocateHostPath();  // the host-planned paths: their HBM cache directory and descriptors
   Status AllocatePipeline();
@@ -418,10 +438,11 @@ Status WorkingSet::Impl::Init() {
       static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) *
       ((opt.rows_output ? max_lookups * row_bytes : 0) + (bf16 ? max_lookups * dim * 2 : 0));
   // Either cache form fits cache_bytes; the device pipeline's buffers are counted whichever path is taken.
+  ENGRAM_ASSIGN_OR_RETURN(const std::uint64_t pipeline_bytes, PipelineBytes());
   const std::uint64_t need = (cache_slots > 0 ? cache_slots * cache_slot_bytes + table_cap * 12 : 0) +
                              region_rows * row_bytes + out_bytes + max_lookups * row_bytes + desc_bytes +
                              static_cast<std::uint64_t>(slots) * static_cast<std::uint64_t>(layers) * 4 +
-                             PipelineBytes();
+                             pipeline_bytes;
   size_t free_b = 0, total_b = 0;
   ENGRAM_CUDA_RETURN(cudaMemGetInfo(&free_b, &total_b));
   const std::string sizes = "cache " + std::to_string(cache_slots) + " slots, HBM regions " +
@@ -562,7 +583,6 @@ Status WorkingSet::Impl::AllocatePipeline() {
     ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.level, 0, static_cast<std::uint64_t>(dev_sets) * 4, copy));
     ENGRAM_CUDA_RETURN(cudaMemsetAsync(set_cache.locks, 0, static_cast<std::uint64_t>(dev_sets) * 4, copy));
   }
-  const auto t = static_cast<std::uint64_t>(opt.max_tokens);
   ENGRAM_ASSIGN_OR_RETURN(void* p, DeviceAlloc(MissCap() * 8, "miss rows"));
   miss_rows_dev = static_cast<std::int64_t*>(p);
   ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(MissCap() * 4, "miss list"));
@@ -570,11 +590,26 @@ Status WorkingSet::Impl::AllocatePipeline() {
   // The upload: miss counts, positions, windows (each sequence's history and tokens; a step has at most
   // max_tokens sequences and tokens).
   up_counts = Align(static_cast<std::uint64_t>(layers) * 4, 16);
-  up_bytes = Align(up_counts + Align(t * 4, 16) + t * static_cast<std::uint64_t>(layout.max_ngram()) * 4, 256);
+  up_bytes = UploadBytes();
   ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(up_bytes * slots, "step uploads (miss counts, positions, windows)"));
   up_dev.clear();
   for (std::uint32_t k = 0; k < slots; ++k) up_dev.push_back(static_cast<std::byte*>(p) + k * up_bytes);
   ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&upload, cudaStreamNonBlocking));
+  if (Sorts()) {
+    kernels::SortBuffers& sb = sort_buffers;
+    sb.capacity = max_lookups;
+    sb.end_bit = SortBits();
+    ENGRAM_ASSIGN_OR_RETURN(sb.temp_bytes, kernels::SortTempBytes(max_lookups, sb.end_bit));
+    for (int k = 0; k < 2; ++k) {
+      ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(max_lookups * 8, "lookup sort keys"));
+      sb.keys[k] = static_cast<std::uint64_t*>(p);
+      ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(max_lookups * 4, "lookup sort positions"));
+      sb.vals[k] = static_cast<std::uint32_t*>(p);
+    }
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(std::max<std::uint64_t>(sb.temp_bytes, 16), "lookup sort scratch"));
+    sb.temp = p;
+    ENGRAM_RETURN_IF_ERROR(kernels::WarmSort(sb, copy));
+  }
   ENGRAM_ASSIGN_OR_RETURN(
       p, DeviceAlloc(static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource), "column sources"));
   colsrc_dev = static_cast<kernels::ColumnSource*>(p);
@@ -737,31 +772,38 @@ Status WorkingSet::Impl::ChoosePath() {
     Log(LogLevel::kInfo, "working set: staged path ({})", path_reason);
     return Status::Ok();
   }
-  // Measure both on random rows of the largest resident region: CPU gather into pinned staging + one
-  // copy, against the zero-copy kernel, each best of 3.
-  int bl = 0, bc = 0;
-  std::int64_t best = -1;
+  // Measure both on rows drawn at random from every mapped resident row (reads of mapped memory slow
+  // down as they spread over more of it, so one region would flatter zero-copy): CPU gather into pinned
+  // staging + one copy, against the zero-copy kernel reading them as the device pipeline would (in
+  // address order for a step it sorts), each best of 3.
+  std::vector<std::pair<std::size_t, std::uint64_t>> mapped;  // (LC, rows up to and including it)
+  std::uint64_t mapped_rows = 0;
   for (int l = 0; l < layers; ++l) {
     for (int c = 0; c < cols; ++c) {
-      const std::int64_t n = layout.layer(l).primes.at(static_cast<std::size_t>(c));
-      if (zc_ok[LC(l, c)] != 0 && n > best) {
-        best = n;
-        bl = l;
-        bc = c;
-      }
+      if (zc_ok[LC(l, c)] == 0) continue;
+      mapped_rows += layout.layer(l).primes.at(static_cast<std::size_t>(c));
+      mapped.emplace_back(LC(l, c), mapped_rows);
     }
   }
   const std::uint64_t n = std::min<std::uint64_t>(65536, max_lookups);
   std::mt19937_64 rng(42);
   std::vector<const std::byte*> host_src(n);
   std::vector<std::uint64_t> dev_src(n);
-  const std::int64_t first = layout.region_offset(bl, bc);
   for (std::uint64_t i = 0; i < n; ++i) {
-    const std::int64_t r = first + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(best));
-    const std::byte* p = host->ResidentRow(bl, bc, r);
+    const std::uint64_t g = rng() % mapped_rows;
+    const auto it =
+        std::upper_bound(mapped.begin(), mapped.end(), g, [](std::uint64_t v, const auto& m) { return v < m.second; });
+    const std::size_t lc = it->first;
+    const int l = static_cast<int>(lc / static_cast<std::size_t>(cols));
+    const int c = static_cast<int>(lc % static_cast<std::size_t>(cols));
+    const std::uint64_t before = it == mapped.begin() ? 0 : std::prev(it)->second;
+    const std::int64_t r = layout.region_offset(l, c) + static_cast<std::int64_t>(g - before);
+    const std::byte* p = host->ResidentRow(l, c, r);
     host_src[i] = p;
-    dev_src[i] = reinterpret_cast<std::uint64_t>(p + zc_delta[LC(bl, bc)]);
+    dev_src[i] = reinterpret_cast<std::uint64_t>(p + zc_delta[lc]);
   }
+  const bool sorted = Sort(n);
+  if (sorted) std::sort(dev_src.begin(), dev_src.end());
   std::byte* pinned = staging_arena->data();
   const std::uint64_t bytes = n * row_bytes;
   if (bytes > staging_arena->size() || n * 8 > desc_bytes) {
@@ -802,7 +844,8 @@ Status WorkingSet::Impl::ChoosePath() {
   path = zero_copy_rate > staged_rate ? MissPath::kZeroCopy : MissPath::kStaged;
   path_reason = "measured: staged " + std::to_string(static_cast<std::uint64_t>(staged_rate)) + " rows/s, zero-copy " +
                 std::to_string(static_cast<std::uint64_t>(zero_copy_rate)) + " rows/s (" + std::to_string(n) +
-                " random rows of " + std::to_string(row_bytes) + " B, " +
+                " random rows of " + std::to_string(row_bytes) + " B over every mapped region" +
+                (sorted ? ", read in address order" : "") + ", " +
                 std::to_string(std::max<std::uint32_t>(opt.prefetch.gather_threads, 1)) + " gather threads)";
   if (path == MissPath::kZeroCopy) {
     // Reads through the mapping win, so the whole step goes to the device when it can: no host work per
@@ -1161,6 +1204,8 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
       errors_host[err] = 0;
       a.out.error = errors_dev + err;
     }
+    // A large layer reads its rows in address order: hashed and sorted before its output slot is free.
+    if (Sort(n)) ENGRAM_RETURN_IF_ERROR(kernels::LaunchSortLookups(group_args.layer[0], sort_buffers, copy));
     const std::span<const CUdeviceptr> gf(group_flags.data(), static_cast<std::size_t>(group));
     ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, false));
     ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));

@@ -1,6 +1,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "cuda_check.hpp"
 #include "working_set_kernels.hpp"
@@ -312,8 +313,9 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
   for (std::uint64_t pair = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32;
        2 * pair < a.out.n; pair += warps) {
-    const std::uint64_t i = 2 * pair + half;
-    const bool active = i < a.out.n;
+    const std::uint64_t k = 2 * pair + half;
+    const bool active = k < a.out.n;
+    std::uint64_t i = k;  // the output position
     const std::uint32_t* src = nullptr;
     int kind = -1;  // 0 hit, 1 host read, 2 region read; -1 DEAD or no lookup
     bool probe = false;
@@ -321,12 +323,18 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
     std::uint32_t set = 0;
     std::int64_t row = 0;
     if (active) {
+      std::uint64_t sorted = 0;
+      if (a.sorted_index != nullptr) {
+        i = a.sorted_index[k];
+        sorted = a.sorted_rows[k];
+      }
       const std::uint64_t t = i / a.num_columns;
       const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
-      const std::int32_t* x = a.window + a.token_pos[t];
-      if (*x >= 0) {
+      const std::int32_t* x = a.sorted_index != nullptr ? nullptr : a.window + a.token_pos[t];
+      if (x == nullptr ? sorted != a.sorted_dead : *x >= 0) {
         const ColumnSource cs = a.columns[c];
-        row = HashRow(a.hash, x, static_cast<int>(cs.order), c);
+        row = a.sorted_index != nullptr ? static_cast<std::int64_t>(sorted)
+                                        : HashRow(a.hash, x, static_cast<int>(cs.order), c);
         src = SourceOf(cs, row, a.out.row_bytes);
         kind = cs.cached != 0 ? 1 : 2;
         if (cs.cached != 0 && a.cache.sets != 0) {
@@ -361,6 +369,18 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
     const int k = threadIdx.x == 0 ? kCacheHits : (threadIdx.x == 1 ? kHostReads : kRegionReads);
     atomicAdd(a.counters + k, counts[threadIdx.x]);
+  }
+}
+
+// keys[i] = lookup i's row (dead: a DEAD position), vals[i] = i.
+__global__ void HashLookupsKernel(ResolveArgs a, std::uint64_t dead, std::uint64_t* keys, std::uint32_t* vals) {
+  for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < a.out.n;
+       i += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
+    const std::uint64_t t = i / a.num_columns;
+    const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+    const std::int32_t* x = a.window + a.token_pos[t];
+    keys[i] = *x >= 0 ? static_cast<std::uint64_t>(HashRow(a.hash, x, static_cast<int>(a.columns[c].order), c)) : dead;
+    vals[i] = static_cast<std::uint32_t>(i);
   }
 }
 
@@ -530,6 +550,53 @@ Status LaunchResolve(const ResolveBatch& b, cudaStream_t stream) {
   const dim3 grid(Blocks((b.layer[0].out.n + 1) / 2, kWarpsPerBlock), static_cast<unsigned>(b.layers));
   ResolveKernel<<<grid, kThreads, 0, stream>>>(b);
   return Launched("resolve kernel");
+}
+
+Result<std::uint64_t> SortTempBytes(std::uint64_t n, int end_bit) {
+  std::size_t bytes = 0;
+  cub::DoubleBuffer<std::uint64_t> k(nullptr, nullptr);
+  cub::DoubleBuffer<std::uint32_t> v(nullptr, nullptr);
+  ENGRAM_CUDA_RETURN(cub::DeviceRadixSort::SortPairs(nullptr, bytes, k, v, static_cast<int>(n), 0, end_bit));
+  return static_cast<std::uint64_t>(bytes);
+}
+
+namespace {
+Status SortPairs(const SortBuffers& sb, std::uint64_t n, cub::DoubleBuffer<std::uint64_t>& k,
+                 cub::DoubleBuffer<std::uint32_t>& v, cudaStream_t stream) {
+  std::size_t bytes = sb.temp_bytes;
+  ENGRAM_CUDA_RETURN(cub::DeviceRadixSort::SortPairs(sb.temp, bytes, k, v, static_cast<int>(n), 0, sb.end_bit, stream));
+  return Launched("lookup sort");
+}
+}  // namespace
+
+Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, cudaStream_t stream) {
+  const std::uint64_t n = a.out.n;
+  if (n == 0) return Status::Ok();
+  if (n > sb.capacity) return Status::InvalidArgument("lookup sort: more lookups than the sort buffers hold");
+  const std::uint64_t dead = (1ULL << sb.end_bit) - 1;
+  HashLookupsKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(a, dead, sb.keys[0], sb.vals[0]);
+  ENGRAM_RETURN_IF_ERROR(Launched("lookup hash kernel"));
+  cub::DoubleBuffer<std::uint64_t> k(sb.keys[0], sb.keys[1]);
+  cub::DoubleBuffer<std::uint32_t> v(sb.vals[0], sb.vals[1]);
+  ENGRAM_RETURN_IF_ERROR(SortPairs(sb, n, k, v, stream));
+  a.sorted_rows = k.Current();
+  a.sorted_index = v.Current();
+  a.sorted_dead = dead;
+  return Status::Ok();
+}
+
+Status WarmSort(const SortBuffers& sb, cudaStream_t stream) {
+  cudaFuncAttributes attr{};
+  ENGRAM_CUDA_RETURN(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(HashLookupsKernel)));
+  for (const std::uint64_t n : {std::uint64_t{64}, std::uint64_t{4096}, sb.capacity}) {
+    if (n == 0 || n > sb.capacity) continue;
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(sb.keys[0], 0, n * 8, stream));
+    ENGRAM_CUDA_RETURN(cudaMemsetAsync(sb.vals[0], 0, n * 4, stream));
+    cub::DoubleBuffer<std::uint64_t> k(sb.keys[0], sb.keys[1]);
+    cub::DoubleBuffer<std::uint32_t> v(sb.vals[0], sb.vals[1]);
+    ENGRAM_RETURN_IF_ERROR(SortPairs(sb, n, k, v, stream));
+  }
+  return Status::Ok();
 }
 
 Status LaunchAdmit(const ResolveBatch& b, std::uint64_t max_misses, cudaStream_t stream) {

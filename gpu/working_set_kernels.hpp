@@ -93,7 +93,32 @@ struct ResolveArgs {
   std::int64_t* miss_rows = nullptr;       // [n]: their rows
   unsigned long long* counters = nullptr;  // [kNumDeviceCounters]
   AssembleArgs out;                        // src unused
+  // Address order (LaunchSortLookups): the launch's lookup k is position sorted_index[k] with row
+  // sorted_rows[k] (sorted_dead: a DEAD position). nullptr: lookup k is position k, hashed here.
+  const std::uint64_t* sorted_rows = nullptr;
+  const std::uint32_t* sorted_index = nullptr;
+  std::uint64_t sorted_dead = 0;
 };
+
+// Device buffers to sort a layer's lookups by row (CUB radix sort, double-buffered).
+struct SortBuffers {
+  std::uint64_t* keys[2] = {nullptr, nullptr};
+  std::uint32_t* vals[2] = {nullptr, nullptr};
+  void* temp = nullptr;
+  std::uint64_t temp_bytes = 0;
+  std::uint64_t capacity = 0;  // lookups
+  int end_bit = 0;             // rows < 2^end_bit - 1; 2^end_bit - 1 marks a DEAD position
+};
+// CUB's temporary bytes for sorting `n` lookups on keys of `end_bit` bits.
+Result<std::uint64_t> SortTempBytes(std::uint64_t n, int end_bit);
+// Hashes every lookup of layer `a` (its window and columns as for LaunchResolve) and sorts them by row,
+// DEAD positions last, into `sb`; points a.sorted_rows / sorted_index / sorted_dead at the result, so
+// that LaunchResolve reads host rows in address order (mapped reads spread over gigabytes slow down
+// 2-4x in random order: docs/gpu.md). a.out.n <= sb.capacity.
+Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, cudaStream_t stream);
+// Runs the sort's kernels once on `n` garbage keys (every size class the sort uses), so that lazy module
+// loading never happens behind a stream that waits on a flag (see Preload).
+Status WarmSort(const SortBuffers& sb, cudaStream_t stream);
 
 // Layers resolved by one launch (blockIdx.y picks the layer): small steps pay one launch for all layers.
 inline constexpr int kMaxFusedLayers = 4;

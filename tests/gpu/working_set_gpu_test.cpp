@@ -203,6 +203,21 @@ class WorkingSetTest : public ::testing::Test {
     EXPECT_TRUE(ws.ok()) << ws.status().ToString();
     return ws.ok() ? std::move(*ws) : nullptr;
   }
+  // The device pipeline, one launch per layer, over a small set cache (55 sets of 16: the workload reads
+  // more distinct rows): runs the workload against the CPU backend and returns the statistics.
+  WorkingSetStats RunDevicePipelineWithSmallCache(std::uint64_t sort_lookups_from) {
+    auto host = ResidentTier();
+    WorkingSetOptions o;
+    o.cache_bytes = 256ULL << 10;
+    o.path = MissPath::kDevice;
+    o.fuse_lookups = 0;
+    o.sort_lookups_from = sort_lookups_from;
+    auto ws = Make(host.get(), o);
+    if (ws == nullptr) return {};
+    RunAndCompare(*ws, steps_, expect_);
+    EXPECT_TRUE(ws->Synchronize().ok());
+    return ws->stats();
+  }
 
   std::unique_ptr<Fixture> f_;
   std::vector<StepInput> steps_;
@@ -518,16 +533,8 @@ TEST_F(WorkingSetTest, DevicePipelineWithoutCacheMatchesTheCpuBackend) {
 }
 
 TEST_F(WorkingSetTest, DevicePipelineCacheHitsAndEvictionsMatchTheCpuBackend) {
-  auto host = ResidentTier();
-  WorkingSetOptions o;
-  o.cache_bytes = 256ULL << 10;  // 55 sets of 16: the workload reads more distinct rows
-  o.path = MissPath::kDevice;
-  o.fuse_lookups = 0;
-  auto ws = Make(host.get(), o);
-  ASSERT_NE(ws, nullptr);
-  RunAndCompare(*ws, steps_, expect_);
-  ASSERT_TRUE(ws->Synchronize().ok());
-  const auto st = ws->stats();
+  const auto st = RunDevicePipelineWithSmallCache(0);  // in lookup order
+  EXPECT_EQ(st.path, MissPath::kDevice);
   EXPECT_GT(st.cache_hits, 0U);
   EXPECT_GT(st.admissions, 0U);
   EXPECT_GT(st.evictions, 0U);
@@ -684,6 +691,14 @@ TEST_F(WorkingSetTest, DestroyingADevicePipelineWithStepsNeverConsumedReturns) {
   }
   ws.reset();  // must return
   SUCCEED();
+}
+
+TEST_F(WorkingSetTest, DevicePipelineInRowOrderMatchesTheCpuBackend) {
+  // Every layer hashed, sorted by row, then resolved: hits, misses and admissions in sorted order.
+  const auto st = RunDevicePipelineWithSmallCache(1);
+  EXPECT_EQ(st.path, MissPath::kDevice);
+  EXPECT_GT(st.cache_hits, 0U);
+  EXPECT_GT(st.evictions, 0U);
 }
 
 TEST_F(WorkingSetTest, TheDevicePipelineKeepsNoPinnedStaging) {
