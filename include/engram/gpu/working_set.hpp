@@ -87,9 +87,9 @@ struct WorkingSetOptions {
   // memory walk the tier in address order: random reads spread over more than ~0.5 GiB of mapped memory
   // slow down 2-4x on the H100 host (docs/gpu.md). Measured there (264 B rows, no HBM cache): prefill 16 K
   // 61 -> 176 M lookups/s, decode B=256 (6,144 lookups) 47 -> 55 M; when every row hits the HBM cache the
-  // sort costs a prefill 26% (1.76 -> 1.30 G lookups/s). The sort is a few CUB launches, ~30 us of the
-  // host's time per layer: a decode step whose host side already bounds it loses (256 B rows, B=256 at
-  // 4,096 lookups: 75 -> 49 M lookups/s). Costs 24 bytes of GPU memory per lookup of max_tokens.
+  // sort costs a prefill 26% (1.76 -> 1.30 G lookups/s). The sort (a hash kernel and a few CUB kernels)
+  // costs ~30 us per layer: a decode step whose reads it shortens less loses (256 B rows, B=256 at 4,096
+  // lookups: 75 -> 49 M lookups/s). Costs 24 bytes of GPU memory per lookup of max_tokens.
   // 0: never. Default: 8192 (V4.1: prefill chunks from 342 tokens, decode from 342 sequences).
   std::uint64_t sort_lookups_from = 8192;
   // Outputs to produce. rows: [T, H, row_bytes]; bf16: [T, H * dim] for FP8 rows. Defaults: both.
