@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   std::string flat;
   std::string csv;
   double seconds = 3;
+  std::vector<int> order_qds;  // --order-test: flat-file reads of the batches' pages in three orders
   // (threads, keys per MultiGet); threads == 0 marks the direct block path with keys = queue depth
   std::vector<std::pair<int, int>> configs = {{1, 32}, {2, 32}, {4, 32}, {8, 32}};
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -60,6 +62,13 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--csv")
       csv = argv[i + 1];
+    else if (a == "--order-test") {
+      for (const char* p = argv[i + 1]; *p != 0;) {
+        order_qds.push_back(std::atoi(p));
+        while (*p != 0 && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    }
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
@@ -99,6 +108,31 @@ int main(int argc, char** argv) {
     std::size_t requested = 0;
     std::size_t distinct = 0;
     const auto page_batches = PageBatches(src, rpk, &requested, &distinct);
+    if (!order_qds.empty()) {
+      // The same pages per batch, read in ascending order (as the store submits them), interleaved (page
+      // k of the sorted batch at position (k % Q) * ceil(n / Q) + k / Q: the Q reads in flight spread
+      // over the batch's range), and shuffled.
+      for (const int q : order_qds) {
+        auto spread = page_batches;
+        auto shuffled = page_batches;
+        std::mt19937_64 rng(5);
+        for (std::size_t b = 0; b < page_batches.size(); ++b) {
+          const auto& in = page_batches[b];
+          const std::size_t n = in.size();
+          const std::size_t stride = (n + static_cast<std::size_t>(q) - 1) / static_cast<std::size_t>(q);
+          std::size_t at = 0;
+          for (std::size_t r = 0; r < stride; ++r) {
+            for (std::size_t k = r; k < n; k += stride) spread[b][at++] = in[k];
+          }
+          std::shuffle(shuffled[b].begin(), shuffled[b].end(), rng);
+        }
+        std::printf("%-28s QD %4d  flat pg/s: ascending %9.0f  interleaved %9.0f  shuffled %9.0f\n", src.name.c_str(),
+                    q, FlatIops(flat, page_batches, static_cast<unsigned>(q), seconds),
+                    FlatIops(flat, spread, static_cast<unsigned>(q), seconds),
+                    FlatIops(flat, shuffled, static_cast<unsigned>(q), seconds));
+      }
+      continue;
+    }
     for (auto [threads, keys] : configs) {
       const bool direct = threads == 0;
       const int qd = direct ? keys : threads * keys;
