@@ -139,8 +139,10 @@ struct WorkingSetStats {
   std::uint64_t layers = 0;          // layer outputs produced
   std::uint64_t failed_layers = 0;
   double copy_seconds = 0;      // device time of host -> device copies (events; finished steps); kDevice:
-                                // the windows' upload and hashing
-  double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills
+                                // not timed (the upload overlaps the step before)
+  double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills; kDevice: of the
+                                // resolve and admit kernels
+  double sort_seconds = 0;      // kDevice: device time of hashing and sorting large layers by row
   prefetch::PrefetchStats host;
 };
 
