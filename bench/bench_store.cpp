@@ -68,8 +68,7 @@ int main(int argc, char** argv) {
         while (*p != 0 && *p != ',') ++p;
         if (*p == ',') ++p;
       }
-    }
-    else {
+    } else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
