@@ -1218,10 +1218,13 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, false));
     ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(group_args, copy));
-    ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(group_args, n, copy));
     // One completion event per group: a fused step's layers are ready together (DoneEvent).
     ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[static_cast<std::size_t>(l0 + group - 1)], copy));
     ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, true));
+    // The misses go into the cache after the layers are released: the consumer only reads the outputs the
+    // admit kernel copies from, and whatever could overwrite them or probe the cache (the next steps) comes
+    // after it on this stream.
+    ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(group_args, n, copy));
   }
   ENGRAM_CUDA_RETURN(cudaEventRecord(up_used[slot], copy));
   std::lock_guard<std::mutex> lock(mu);

@@ -141,7 +141,7 @@ struct WorkingSetStats {
   double copy_seconds = 0;      // device time of host -> device copies (events; finished steps); kDevice:
                                 // not timed (the upload overlaps the step before)
   double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills; kDevice: of the
-                                // resolve and admit kernels
+                                // resolve kernels (admission runs after the layer is released)
   double sort_seconds = 0;      // kDevice: device time of hashing and sorting large layers by row
   prefetch::PrefetchStats host;
 };
@@ -188,7 +188,9 @@ class WorkingSet {
   // cache slot of each (-1 if not cached) to `slots` (device memory), on `stream`. It sees the cache as
   // the copy stream leaves it: order `stream` after a Wait for the layer whose state it should see. Steps
   // submitted after that one may evict rows while `stream` runs: read the slots' rows (CacheSlotRow)
-  // before submitting more steps, or synchronise first. With kDevice, slots are set * 16 + way.
+  // before submitting more steps, or synchronise first. With kDevice, slots are set * 16 + way, and a
+  // layer's misses are admitted just after its flag is set (Wait for it returns first): order `stream`
+  // after a Wait of a later step, or synchronise, to see them.
   [[nodiscard]] Status LookupAsync(int layer_index, const std::int64_t* rows, std::uint32_t n, std::int32_t* slots,
                                    Stream stream) const;
   // Device address of cache slot `slot`'s row (row_bytes bytes).
