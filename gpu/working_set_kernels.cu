@@ -13,6 +13,8 @@ constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr std::uint64_t kEmpty = ~0ULL;
 constexpr std::uint64_t kTomb = ~0ULL - 1;
+// Lookups per warp of a resolve in row order (ResolveKernel).
+constexpr std::uint64_t kSortedChunk = 16;
 
 unsigned Blocks(std::uint64_t items, std::uint64_t per_block) {
   const std::uint64_t b = (items + per_block - 1) / per_block;
@@ -311,60 +313,80 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   const unsigned half = lane >> 4;
   const unsigned sub = lane & 15U;
   const std::uint64_t warps = static_cast<std::uint64_t>(gridDim.x) * kWarpsPerBlock;
-  for (std::uint64_t pair = blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32;
-       2 * pair < a.out.n; pair += warps) {
-    const std::uint64_t k = 2 * pair + half;
-    const bool active = k < a.out.n;
-    std::uint64_t i = k;  // the output position
-    const std::uint32_t* src = nullptr;
-    int kind = -1;  // 0 hit, 1 host read, 2 region read; -1 DEAD or no lookup
-    bool probe = false;
-    std::uint64_t key = 0, b0 = 0;
-    std::uint32_t set = 0;
-    std::int64_t row = 0;
-    if (active) {
-      std::uint64_t sorted = 0;
-      if (a.sorted_index != nullptr) {
-        i = a.sorted_index[k];
-        sorted = a.sorted_rows[k];
-      }
-      const std::uint64_t t = i / a.num_columns;
-      const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
-      const std::int32_t* x = a.sorted_index != nullptr ? nullptr : a.window + a.token_pos[t];
-      if (x == nullptr ? sorted != a.sorted_dead : *x >= 0) {
-        const ColumnSource cs = a.columns[c];
-        row = a.sorted_index != nullptr ? static_cast<std::int64_t>(sorted)
-                                        : HashRow(a.hash, x, static_cast<int>(cs.order), c);
-        src = SourceOf(cs, row, a.out.row_bytes);
-        kind = cs.cached != 0 ? 1 : 2;
-        if (cs.cached != 0 && a.cache.sets != 0) {
-          probe = true;
-          key = a.key_base | static_cast<std::uint64_t>(row);
-          set = sc::SetOf(key, a.cache.sets);
-          b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
+  // In row order a warp takes kSortedChunk consecutive lookups, two at a time, and a half-warp bumps a
+  // way's read count once per run of hits on it (a prefill repeats its 2-grams: one atomic per hit on
+  // the same way serialised them), not once per hit. Otherwise two lookups per warp and pass.
+  const std::uint64_t per_warp = a.sorted_index != nullptr ? kSortedChunk : 2;
+  std::uint64_t pend_slot = ~0ULL;
+  std::uint32_t pend_set = 0;
+  unsigned pend = 0;
+  auto flush = [&] {
+    if (pend == 0) return;
+    a.cache.ways[pend_slot].base = a.cache.level[pend_set];
+    atomicAdd(&a.cache.ways[pend_slot].reads, pend);
+    pend = 0;
+  };
+  for (std::uint64_t w0 = (blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32) * per_warp;
+       w0 < a.out.n; w0 += warps * per_warp) {
+    for (std::uint64_t j = 0; j < per_warp && w0 + j < a.out.n; j += 2) {
+      const std::uint64_t k = w0 + j + half;
+      const bool active = k < a.out.n;
+      std::uint64_t i = k;  // the output position
+      const std::uint32_t* src = nullptr;
+      int kind = -1;  // 0 hit, 1 host read, 2 region read; -1 DEAD or no lookup
+      bool probe = false;
+      std::uint64_t key = 0, b0 = 0;
+      std::uint32_t set = 0;
+      std::int64_t row = 0;
+      if (active) {
+        std::uint64_t sorted = 0;
+        if (a.sorted_index != nullptr) {
+          i = a.sorted_index[k];
+          sorted = a.sorted_rows[k];
+        }
+        const std::uint64_t t = i / a.num_columns;
+        const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+        const std::int32_t* x = a.sorted_index != nullptr ? nullptr : a.window + a.token_pos[t];
+        if (x == nullptr ? sorted != a.sorted_dead : *x >= 0) {
+          const ColumnSource cs = a.columns[c];
+          row = a.sorted_index != nullptr ? static_cast<std::int64_t>(sorted)
+                                          : HashRow(a.hash, x, static_cast<int>(cs.order), c);
+          src = SourceOf(cs, row, a.out.row_bytes);
+          kind = cs.cached != 0 ? 1 : 2;
+          if (cs.cached != 0 && a.cache.sets != 0) {
+            probe = true;
+            key = a.key_base | static_cast<std::uint64_t>(row);
+            set = sc::SetOf(key, a.cache.sets);
+            b0 = static_cast<std::uint64_t>(set) * sc::kSetWays;
+          }
         }
       }
-    }
-    const bool match = probe && a.cache.keys[b0 + sub] == key;
-    const unsigned hit = (__ballot_sync(0xFFFFFFFFU, match) >> (half * 16U)) & 0xFFFFU;
-    if (probe) {
-      if (hit != 0) {
-        const std::uint64_t slot = b0 + static_cast<std::uint64_t>(__ffs(hit) - 1);
-        src = reinterpret_cast<const std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
-        kind = 0;
-        if (sub == 0) {
-          a.cache.ways[slot].base = a.cache.level[set];
-          atomicAdd(&a.cache.ways[slot].reads, 1U);
+      const bool match = probe && a.cache.keys[b0 + sub] == key;
+      const unsigned hit = (__ballot_sync(0xFFFFFFFFU, match) >> (half * 16U)) & 0xFFFFU;
+      if (probe) {
+        if (hit != 0) {
+          const std::uint64_t slot = b0 + static_cast<std::uint64_t>(__ffs(hit) - 1);
+          src = reinterpret_cast<const std::uint32_t*>(a.cache.rows + slot * a.out.row_bytes);
+          kind = 0;
+          if (sub == 0) {
+            if (slot != pend_slot) {
+              flush();
+              pend_slot = slot;
+              pend_set = set;
+            }
+            ++pend;
+          }
+        } else if (sub == 0) {
+          const unsigned k = atomicAdd(a.miss_count, 1U);
+          a.misses[k] = static_cast<std::uint32_t>(i);
+          a.miss_rows[k] = row;
         }
-      } else if (sub == 0) {
-        const unsigned k = atomicAdd(a.miss_count, 1U);
-        a.misses[k] = static_cast<std::uint32_t>(i);
-        a.miss_rows[k] = row;
       }
+      if (sub == 0 && kind >= 0) atomicAdd(&counts[kind], 1ULL);
+      EmitLookup(a.out, i, active, src, half, sub);
     }
-    if (sub == 0 && kind >= 0) atomicAdd(&counts[kind], 1ULL);
-    EmitLookup(a.out, i, active, src, half, sub);
   }
+  if (sub == 0) flush();
   __syncthreads();
   if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
     const int k = threadIdx.x == 0 ? kCacheHits : (threadIdx.x == 1 ? kHostReads : kRegionReads);
@@ -547,7 +569,9 @@ Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::
 Status LaunchResolve(const ResolveBatch& b, cudaStream_t stream) {
   if (b.layers < 1 || b.layers > kMaxFusedLayers) return Status::InvalidArgument("resolve: 1..4 layers a launch");
   if (b.layer[0].out.n == 0) return Status::Ok();
-  const dim3 grid(Blocks((b.layer[0].out.n + 1) / 2, kWarpsPerBlock), static_cast<unsigned>(b.layers));
+  const std::uint64_t per_warp = b.layer[0].sorted_index != nullptr ? kSortedChunk : 2;
+  const dim3 grid(Blocks((b.layer[0].out.n + per_warp - 1) / per_warp, kWarpsPerBlock),
+                  static_cast<unsigned>(b.layers));
   ResolveKernel<<<grid, kThreads, 0, stream>>>(b);
   return Launched("resolve kernel");
 }
