@@ -9,7 +9,7 @@
 // Shapes: decode steps of B sequences x 1 token (B = 1..512) and prefill chunks of one sequence.
 //
 //   bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] [--read-threads 8]
-//                  [--modes resident,disk] [--read-path multiget|direct] [--csv FILE]
+//                  [--modes resident,disk] [--read-path multiget|direct] [--csv FILE] [--shapes A,B]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -87,6 +87,7 @@ struct Args {
   std::string modes = "resident,disk";
   std::string csv;
   std::string read_path = "multiget";
+  std::string shapes;  // ",name,name,": only these shapes (--shapes); empty: all
 };
 
 struct Result {
@@ -222,6 +223,8 @@ int main(int argc, char** argv) {
       a.csv = v;
     else if (k == "--read-path")
       a.read_path = v;
+    else if (k == "--shapes")
+      a.shapes = "," + v + ",";
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -230,7 +233,8 @@ int main(int argc, char** argv) {
   if (a.store.empty()) {
     std::fprintf(stderr,
                  "usage: bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] "
-                 "[--read-threads 8] [--modes resident,disk] [--read-path multiget|direct] [--csv FILE]\n");
+                 "[--read-threads 8] [--modes resident,disk] [--read-path multiget|direct] [--csv FILE] "
+                 "[--shapes 'decode B=1,prefill 4096']\n");
     return 2;
   }
   engram::store::StoreOptions so;
@@ -276,6 +280,7 @@ int main(int argc, char** argv) {
     std::printf("\n%-16s %14s %14s %7s %9s %9s %12s\n", "resident steps", "rows/s", "plain gather", "ratio", "p50 ms",
                 "p99 ms", "L1 wait p99");
     for (const auto& sh : shapes) {
+      if (!a.shapes.empty() && a.shapes.find("," + sh.name + ",") == std::string::npos) continue;
       const Result r = RunShape(**store, v, host->get(), sh, ids, a.threads, a.seconds);
       const double base = PlainGatherRowsPerS(**host, layout, sh, ids, a.threads, a.seconds);
       std::printf("%-16s %14.0f %14.0f %6.0f%% %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, base,
@@ -305,6 +310,7 @@ int main(int argc, char** argv) {
     std::printf("%-16s %12s %12s %12s %9s %9s %12s\n", "shape", "rows/s", "distinct/s", "disk rd/s", "p50 ms", "p99 ms",
                 "L1 wait p99");
     for (const auto& sh : shapes) {
+      if (!a.shapes.empty() && a.shapes.find("," + sh.name + ",") == std::string::npos) continue;
       const Result r = RunShape(**store, v, host->get(), sh, ids, a.threads, a.seconds);
       std::printf("%-16s %12.0f %12.0f %12.0f %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
                   r.reads_per_s, r.p50_ms, r.p99_ms, r.wait1_p99_ms);
