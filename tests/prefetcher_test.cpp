@@ -8,6 +8,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "engram/hasher.hpp"
 #include "engram/memory/host_tier.hpp"
@@ -148,6 +149,22 @@ TEST(Prefetcher, DeadFlagsThatAreAllZeroServeTheRowsUnchanged) {
   }
 }
 
+// Sequence q's window in `w` (its history, then its `ids.size()` new ids) hashes to the rows that `ref`
+// gives for the same ids and DEAD flags.
+void ExpectWindowHashesLike(const StepWindows& w, std::size_t q, const Hasher& hasher, Sequence& ref,
+                            const std::vector<std::int32_t>& ids, const std::vector<std::uint8_t>& dead,
+                            const std::string& what) {
+  const auto hist = static_cast<std::size_t>(hasher.max_ngram() - 1);
+  const std::size_t at = w.segment_begin[q] + q * hist;
+  const std::span<const std::int32_t> window(w.window.data() + at, hist + ids.size());
+  std::vector<std::int64_t> got(static_cast<std::size_t>(hasher.num_layers()) * ids.size() *
+                                static_cast<std::size_t>(hasher.columns()));
+  ASSERT_TRUE(hasher.HashWindow(window, got).ok()) << what;
+  std::vector<std::int64_t> expect(got.size());
+  ASSERT_TRUE(ref.AppendAndHash(hasher, ids, dead, expect).ok()) << what;
+  EXPECT_EQ(got, expect) << what;
+}
+
 TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();
@@ -161,8 +178,6 @@ TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
   // independent Sequence per sequence gives the expected rows.
   std::vector<SequenceId> ids = {*(*p)->CreateSequence(), *(*p)->CreateSequence()};
   std::vector<Sequence> ref = {*Sequence::Create(layout), *Sequence::Create(layout)};
-  const int hist = layout.max_ngram() - 1;
-  const auto cols = static_cast<std::size_t>(layout.columns());
   for (int step = 0; step < 2; ++step) {
     const std::size_t n = step == 0 ? 50 : 1;
     std::vector<std::vector<std::int32_t>> toks(2);
@@ -182,13 +197,8 @@ TEST(Prefetcher, AppendGivesTheWindowsThatHashToTheSequencesRows) {
     ASSERT_EQ(w->segment_begin,
               (std::vector<std::uint32_t>{0, static_cast<std::uint32_t>(n), static_cast<std::uint32_t>(2 * n)}));
     for (std::size_t b = 0; b < 2; ++b) {
-      const std::size_t at = w->segment_begin[b] + b * static_cast<std::size_t>(hist);
-      const std::span<const std::int32_t> window(w->window.data() + at, static_cast<std::size_t>(hist) + n);
-      std::vector<std::int64_t> got(static_cast<std::size_t>(hasher->num_layers()) * n * cols);
-      ASSERT_TRUE(hasher->HashWindow(window, got).ok());
-      std::vector<std::int64_t> expect(got.size());
-      ASSERT_TRUE(ref[b].AppendAndHash(*hasher, toks[b], dead[b], expect).ok());
-      EXPECT_EQ(got, expect) << "step " << step << " sequence " << b;
+      ExpectWindowHashesLike(*w, b, *hasher, ref[b], toks[b], dead[b],
+                             "step " + std::to_string(step) + " sequence " + std::to_string(b));
     }
   }
 }
@@ -224,19 +234,8 @@ TEST(Prefetcher, AppendAfterRollbackAndForkGivesTheWindowsOfTheRetainedHistory) 
   const auto next_b = tok(5000, 2);
   auto w = (*p)->Append(std::vector<SequenceInput>{{a, next_a, {}}, {*b, next_b, {}}});
   ASSERT_TRUE(w.ok()) << w.status().ToString();
-  const int hist = layout.max_ngram() - 1;
-  const auto cols = static_cast<std::size_t>(layout.columns());
-  std::vector<Sequence*> refs = {&ref_a, &ref_b};
-  const std::vector<std::vector<std::int32_t>> next = {next_a, next_b};
-  for (std::size_t q = 0; q < 2; ++q) {
-    const std::size_t at = w->segment_begin[q] + q * static_cast<std::size_t>(hist);
-    const std::span<const std::int32_t> window(w->window.data() + at, static_cast<std::size_t>(hist) + 2);
-    std::vector<std::int64_t> got(static_cast<std::size_t>(hasher->num_layers()) * 2 * cols);
-    ASSERT_TRUE(hasher->HashWindow(window, got).ok());
-    std::vector<std::int64_t> expect(got.size());
-    ASSERT_TRUE(refs[q]->AppendAndHash(*hasher, next[q], {}, expect).ok());
-    EXPECT_EQ(got, expect) << "sequence " << q;
-  }
+  ExpectWindowHashesLike(*w, 0, *hasher, ref_a, next_a, {}, "sequence a");
+  ExpectWindowHashesLike(*w, 1, *hasher, ref_b, next_b, {}, "sequence b (the fork)");
 }
 
 TEST(Prefetcher, AppendOfABadBatchAppendsNothing) {
