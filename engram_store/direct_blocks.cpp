@@ -175,19 +175,6 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
   Status first_error;
   std::size_t next = 0;
   std::size_t in_flight = 0;
-  // Before returning an error: reap the reads still in flight (they land in this thread's ring, whose
-  // next call must not take their completions for its own).
-  auto abandon = [&](std::size_t n) {
-    stats_->depth.Completed(n);
-    while (n > 0) {
-      io_uring_cqe* c = nullptr;
-      const int r = io_uring_wait_cqe(&ring.ring, &c);
-      if (r == -EINTR) continue;
-      if (r < 0) return;
-      io_uring_cqe_seen(&ring.ring, c);
-      --n;
-    }
-  };
   while (next < keys.size() || in_flight > 0) {
     unsigned queued = 0;
     while (next < keys.size() && !free_slots.empty() && first_error.ok()) {
@@ -225,7 +212,7 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
       } while (rc == -EINTR || rc == -EAGAIN);
       if (rc < 0) {
         in_flight -= queued;  // nothing of this round reached the kernel
-        abandon(in_flight);
+        DrainInFlight(ring.ring, in_flight, stats_->depth);
         return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
       }
       stats_->submissions.fetch_add(1, std::memory_order_relaxed);
@@ -237,7 +224,7 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
       rc = io_uring_wait_cqe(&ring.ring, &cqe);  // returns at once when submit_and_wait has reaped one
     } while (rc == -EINTR);
     if (rc < 0) {
-      abandon(in_flight);
+      DrainInFlight(ring.ring, in_flight, stats_->depth);
       return Status::IOError(fmt::format("direct reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
     }
     while (cqe != nullptr) {

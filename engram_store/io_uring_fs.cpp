@@ -108,8 +108,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         } while (rc == -EINTR || rc == -EAGAIN);
         if (rc < 0) {
           in_flight -= queued;  // nothing of this round reached the kernel
-          stats_->depth.Completed(in_flight);
-          Drain(ring, in_flight);
+          detail::DrainInFlight(*ring.get(), in_flight, stats_->depth);
           return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_submit: {}", name_, std::strerror(-rc)));
         }
         stats_->submissions.fetch_add(1, std::memory_order_relaxed);
@@ -123,8 +122,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         rc = io_uring_wait_cqe(ring.get(), &cqe);
       } while (rc == -EINTR);
       if (rc < 0) {
-        stats_->depth.Completed(in_flight);
-        Drain(ring, in_flight);
+        detail::DrainInFlight(*ring.get(), in_flight, stats_->depth);
         return rocksdb::IOStatus::IOError(fmt::format("{}: io_uring_wait_cqe: {}", name_, std::strerror(-rc)));
       }
       while (cqe != nullptr) {
@@ -167,18 +165,6 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
 
   [[nodiscard]] bool use_direct_io() const override { return true; }
 
-  // Before returning an error, wait for the reads still in flight: they write into the caller's buffers
-  // and their completions must not be mistaken for a later call's.
-  static void Drain(Ring& ring, std::size_t in_flight) {
-    while (in_flight > 0) {
-      io_uring_cqe* cqe = nullptr;
-      const int rc = io_uring_wait_cqe(ring.get(), &cqe);
-      if (rc == -EINTR) continue;
-      if (rc < 0) return;  // the ring is unusable; nothing more can be reaped
-      io_uring_cqe_seen(ring.get(), cqe);
-      --in_flight;
-    }
-  }
   [[nodiscard]] std::size_t GetRequiredBufferAlignment() const override { return alignment_; }
 
  private:

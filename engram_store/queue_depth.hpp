@@ -3,7 +3,11 @@
 // saw). Lock-free; shared by every thread's ring.
 #pragma once
 
+#include <liburing.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstddef>
 #include <cstdint>
 
 namespace engram::store::detail {
@@ -23,5 +27,20 @@ struct QueueDepthGauge {
   }
   void Completed(std::uint64_t n = 1) noexcept { in_flight.fetch_sub(static_cast<std::int64_t>(n)); }
 };
+
+// Before a read path returns an error: waits for the `n` reads it still has in `ring` (they write into
+// buffers it is about to give up, and their completions must not be mistaken for a later call's), and
+// takes them off `depth`.
+inline void DrainInFlight(io_uring& ring, std::size_t n, QueueDepthGauge& depth) noexcept {
+  depth.Completed(n);
+  while (n > 0) {
+    io_uring_cqe* cqe = nullptr;
+    const int rc = io_uring_wait_cqe(&ring, &cqe);
+    if (rc == -EINTR) continue;
+    if (rc < 0) return;  // the ring is unusable; nothing more can be reaped
+    io_uring_cqe_seen(&ring, cqe);
+    --n;
+  }
+}
 
 }  // namespace engram::store::detail
