@@ -229,11 +229,10 @@ Runner AddTraceCommand(CLI::App& app) {
   CLI::App* analyze = cmd->add_subcommand(
       "analyze",
       "Distinct rows per region, reuse, and cache hit rates for LRU, the implemented policy, the device\n"
-      "pipeline's HBM cache and the\n"
-      "optimal (Belady) policy at cache sizes given as fractions of the distinct rows, counted over the row\n"
-      "lookups of every Engram layer. With --json: one object whose \"caches\" array holds\n"
-      "{\"fraction\", \"rows\", \"lru\", \"policy\", \"optimal\", \"device\"} per size (a stable interface;\n"
-      "docs/cli.md; \"device\" is the GPU working set's device-pipeline cache).");
+      "pipeline's HBM cache and the optimal (Belady) policy at cache sizes given as fractions of the\n"
+      "distinct rows, counted over the row lookups of every Engram layer. With --json: one object whose\n"
+      "\"caches\" array holds {\"fraction\", \"rows\", \"lru\", \"policy\", \"optimal\", \"device\"} per size (a\n"
+      "stable interface; docs/cli.md; \"device\" is the GPU working set's device-pipeline cache).");
   AddLayoutOption(*analyze, args->layout, true);
   analyze->add_option("--tokens", args->tokens, "Token ids, little-endian int32")->required();
   auto* amap = analyze->add_option("--token-map", args->token_map, "Raw -> compressed id map, little-endian int32");
