@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <thread>
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
     std::size_t requested = 0;
     std::size_t distinct = 0;
     const auto page_batches = PageBatches(src, rpk, &requested, &distinct);
+    const std::uint64_t flat_pages = std::filesystem::file_size(flat) / 4096;
     if (!order_qds.empty()) {
       // The same pages per batch, read in ascending order (as the store submits them), interleaved (page
       // k of the sorted batch at position (k % Q) * ceil(n / Q) + k / Q: the Q reads in flight spread
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
       for (const int q : order_qds) {
         auto spread = page_batches;
         auto shuffled = page_batches;
+        auto uniform = page_batches;  // as many pages per batch, drawn uniformly over the flat file (fio's pattern)
         std::mt19937_64 rng(5);
         for (std::size_t b = 0; b < page_batches.size(); ++b) {
           const auto& in = page_batches[b];
@@ -124,11 +127,13 @@ int main(int argc, char** argv) {
             for (std::size_t k = r; k < n; k += stride) spread[b][at++] = in[k];
           }
           std::shuffle(shuffled[b].begin(), shuffled[b].end(), rng);
+          for (auto& page : uniform[b]) page = rng() % flat_pages;
         }
-        std::printf("%-28s QD %4d  flat pg/s: ascending %9.0f  interleaved %9.0f  shuffled %9.0f\n", src.name.c_str(),
-                    q, FlatIops(flat, page_batches, static_cast<unsigned>(q), seconds),
+        std::printf("%-28s QD %4d  flat pg/s: ascending %9.0f  interleaved %9.0f  shuffled %9.0f  uniform %9.0f\n",
+                    src.name.c_str(), q, FlatIops(flat, page_batches, static_cast<unsigned>(q), seconds),
                     FlatIops(flat, spread, static_cast<unsigned>(q), seconds),
-                    FlatIops(flat, shuffled, static_cast<unsigned>(q), seconds));
+                    FlatIops(flat, shuffled, static_cast<unsigned>(q), seconds),
+                    FlatIops(flat, uniform, static_cast<unsigned>(q), seconds));
       }
       continue;
     }

@@ -80,14 +80,18 @@ const unsigned char* CheckBlock(const unsigned char* b, std::uint64_t key, std::
   return value;
 }
 
+// One io_uring per thread, `depth` reads deep, with twice as many block buffers: the reads completed in
+// one reap are checked and delivered while new reads into the spare buffers are already in the kernel,
+// so the disk's queue stays full while this thread works.
 struct Ring {
   io_uring ring{};
   unsigned depth = 0;
+  unsigned buffer_count = 0;
   int init_error = -1;
   void* buffers = nullptr;
-  explicit Ring(unsigned d) : depth(d) {
+  explicit Ring(unsigned d) : depth(d), buffer_count(2 * d) {
     init_error = io_uring_queue_init(d, &ring, 0);
-    if (posix_memalign(&buffers, kBlock, static_cast<std::size_t>(d) * kBlock) != 0) buffers = nullptr;
+    if (posix_memalign(&buffers, kBlock, static_cast<std::size_t>(buffer_count) * kBlock) != 0) buffers = nullptr;
   }
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
@@ -168,16 +172,33 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
     return Status::IOError(fmt::format("direct reads: io_uring_queue_init: {}", std::strerror(-ring.init_error)));
   }
   auto* buffers = static_cast<unsigned char*>(ring.buffers);
-  std::vector<unsigned> free_slots(ring.depth);
-  for (unsigned i = 0; i < ring.depth; ++i) free_slots[i] = ring.depth - 1 - i;
-  std::vector<std::size_t> slot_item(ring.depth);
-  std::vector<const File*> slot_file(ring.depth);
+  std::vector<unsigned> free_slots(ring.buffer_count);
+  for (unsigned i = 0; i < ring.buffer_count; ++i) free_slots[i] = ring.buffer_count - 1 - i;
+  std::vector<std::size_t> slot_item(ring.buffer_count);
+  std::vector<const File*> slot_file(ring.buffer_count);
+  std::vector<std::pair<unsigned, int>> reaped;  // (slot, result) of the reads completed in one reap
+  std::vector<unsigned> retry;                   // slots whose read came back -EAGAIN / -EINTR: issue again
+  reaped.reserve(ring.depth);
   Status first_error;
   std::size_t next = 0;
   std::size_t in_flight = 0;
-  while (next < keys.size() || in_flight > 0) {
+  auto prep = [&](unsigned slot) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);  // never null: at most `depth` reads are in the ring
+    const File& f = *slot_file[slot];
+    io_uring_prep_read(sqe, f.fd, buffers + static_cast<std::size_t>(slot) * kBlock, kBlock,
+                       (keys[slot_item[slot]] - f.first_key) * kBlock);
+    io_uring_sqe_set_data64(sqe, slot);
+    ++in_flight;
+  };
+  // Queues reads up to the ring's depth: retried slots first, then the next keys into free buffers.
+  auto fill = [&]() {
     unsigned queued = 0;
-    while (next < keys.size() && !free_slots.empty() && first_error.ok()) {
+    while (!retry.empty() && in_flight < ring.depth) {
+      prep(retry.back());
+      retry.pop_back();
+      ++queued;
+    }
+    while (next < keys.size() && !free_slots.empty() && in_flight < ring.depth && first_error.ok()) {
       const std::uint64_t key = keys[next];
       auto it = std::upper_bound(files_.begin(), files_.end(), key,
                                  [](std::uint64_t k, const File& f) { return k < f.first_key; });
@@ -185,40 +206,39 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
         first_error = Status::Corruption(fmt::format("direct reads: no file holds page key {:016x}", key));
         break;
       }
-      const File& f = *(it - 1);
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
-      if (sqe == nullptr) break;
       const unsigned slot = free_slots.back();
       free_slots.pop_back();
       slot_item[slot] = next;
-      slot_file[slot] = &f;
-      io_uring_prep_read(sqe, f.fd, buffers + static_cast<std::size_t>(slot) * kBlock, kBlock,
-                         (key - f.first_key) * kBlock);
-      io_uring_sqe_set_data64(sqe, slot);
+      slot_file[slot] = &*(it - 1);
+      prep(slot);
       ++next;
       ++queued;
-      ++in_flight;
     }
-    if (!first_error.ok() && next < keys.size()) next = keys.size();  // stop issuing; reap what is in flight
-    if (in_flight == 0) break;
-    // Submit what was queued and wait for a completion in one system call (as fio does), unless a
-    // completion is already waiting.
+    if (!first_error.ok()) next = keys.size();  // stop issuing; reap what is in flight
+    return queued;
+  };
+  // Submits what fill queued, waiting for a completion in the same system call when `wait` (as fio does).
+  auto submit = [&](unsigned queued, bool wait) -> Status {
+    if (queued == 0) return Status::Ok();
+    int rc;
+    do {
+      rc = wait ? io_uring_submit_and_wait(&ring.ring, 1) : io_uring_submit(&ring.ring);
+    } while (rc == -EINTR || rc == -EAGAIN);
+    if (rc < 0) {
+      in_flight -= queued;  // nothing of this round reached the kernel
+      DrainInFlight(ring.ring, in_flight, stats_->depth);
+      return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
+    }
+    stats_->submissions.fetch_add(1, std::memory_order_relaxed);
+    stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+    stats_->depth.Submitted(queued);
+    return Status::Ok();
+  };
+  while (next < keys.size() || in_flight > 0 || !retry.empty()) {
     io_uring_cqe* cqe = nullptr;
-    if (queued > 0) {
-      int rc;
-      do {
-        rc = io_uring_peek_cqe(&ring.ring, &cqe) == 0 ? io_uring_submit(&ring.ring)
-                                                      : io_uring_submit_and_wait(&ring.ring, 1);
-      } while (rc == -EINTR || rc == -EAGAIN);
-      if (rc < 0) {
-        in_flight -= queued;  // nothing of this round reached the kernel
-        DrainInFlight(ring.ring, in_flight, stats_->depth);
-        return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
-      }
-      stats_->submissions.fetch_add(1, std::memory_order_relaxed);
-      stats_->reads.fetch_add(queued, std::memory_order_relaxed);
-      stats_->depth.Submitted(queued);
-    }
+    const unsigned queued = fill();
+    if (in_flight == 0) break;
+    ENGRAM_RETURN_IF_ERROR(submit(queued, io_uring_peek_cqe(&ring.ring, &cqe) != 0));
     int rc;
     do {
       rc = io_uring_wait_cqe(&ring.ring, &cqe);  // returns at once when submit_and_wait has reaped one
@@ -227,48 +247,49 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
       DrainInFlight(ring.ring, in_flight, stats_->depth);
       return Status::IOError(fmt::format("direct reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
     }
+    reaped.clear();
     while (cqe != nullptr) {
-      const auto slot = static_cast<unsigned>(io_uring_cqe_get_data64(cqe));
-      const int res = cqe->res;
+      reaped.emplace_back(static_cast<unsigned>(io_uring_cqe_get_data64(cqe)), cqe->res);
       io_uring_cqe_seen(&ring.ring, cqe);
       --in_flight;
       stats_->depth.Completed();
+      if (io_uring_peek_cqe(&ring.ring, &cqe) != 0) cqe = nullptr;
+    }
+    // Refill before checking what arrived: the new reads go to the spare buffers.
+    ENGRAM_RETURN_IF_ERROR(submit(fill(), false));
+    for (const auto& [slot, res] : reaped) {
+      if (res == -EAGAIN || res == -EINTR) {
+        retry.push_back(slot);  // the same read, into the same buffer, at the next fill
+        continue;
+      }
       const std::size_t item = slot_item[slot];
       const File& f = *slot_file[slot];
       const std::uint64_t key = keys[item];
-      if (res == -EAGAIN || res == -EINTR) {
-        // Resubmit the same read into the same slot.
-        io_uring_sqe* sqe = io_uring_get_sqe(&ring.ring);
-        io_uring_prep_read(sqe, f.fd, buffers + static_cast<std::size_t>(slot) * kBlock, kBlock,
-                           (key - f.first_key) * kBlock);
-        io_uring_sqe_set_data64(sqe, slot);
-        io_uring_submit(&ring.ring);
-        ++in_flight;
-        stats_->depth.Submitted(1);
-      } else {
-        if (res != static_cast<int>(kBlock)) {
-          if (first_error.ok()) {
-            first_error =
-                Status::IOError(fmt::format("direct reads: {} at offset {}: {}", f.path, (key - f.first_key) * kBlock,
-                                            res < 0 ? std::strerror(-res) : "short read"));
-          }
-        } else {
-          stats_->bytes.fetch_add(kBlock, std::memory_order_relaxed);
-          const char* why = nullptr;
-          const unsigned char* value =
-              CheckBlock(buffers + static_cast<std::size_t>(slot) * kBlock, key, value_bytes(item), &why);
-          if (value == nullptr) {
-            if (first_error.ok()) {
-              first_error = Status::Corruption(fmt::format("block at {} offset {} (page key {:016x}): {}", f.path,
-                                                           (key - f.first_key) * kBlock, key, why));
-            }
-          } else if (first_error.ok()) {
-            deliver(item, reinterpret_cast<const std::byte*>(value));
-          }
+      if (res != static_cast<int>(kBlock)) {
+        if (first_error.ok()) {
+          first_error =
+              Status::IOError(fmt::format("direct reads: {} at offset {}: {}", f.path, (key - f.first_key) * kBlock,
+                                          res < 0 ? std::strerror(-res) : "short read"));
         }
-        free_slots.push_back(slot);
+      } else {
+        stats_->bytes.fetch_add(kBlock, std::memory_order_relaxed);
+        const char* why = nullptr;
+        const unsigned char* value =
+            CheckBlock(buffers + static_cast<std::size_t>(slot) * kBlock, key, value_bytes(item), &why);
+        if (value == nullptr) {
+          if (first_error.ok()) {
+            first_error = Status::Corruption(fmt::format("block at {} offset {} (page key {:016x}): {}", f.path,
+                                                         (key - f.first_key) * kBlock, key, why));
+          }
+        } else if (first_error.ok()) {
+          deliver(item, reinterpret_cast<const std::byte*>(value));
+        }
       }
-      if (io_uring_peek_cqe(&ring.ring, &cqe) != 0) cqe = nullptr;
+      free_slots.push_back(slot);
+    }
+    if (!first_error.ok()) {
+      next = keys.size();
+      retry.clear();
     }
   }
   return first_error;
