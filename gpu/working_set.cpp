@@ -396,6 +396,10 @@ Status WorkingSet::Impl::Init() {
   slots = opt.steps_in_flight;
   if (slots == 0) return Status::InvalidArgument("working set: steps_in_flight must be at least 1");
   if (opt.max_tokens <= 0) return Status::InvalidArgument("working set: max_tokens must be positive");
+  if (opt.sorted_lookups_per_warp % 2 != 0 || opt.sorted_lookups_per_warp > 16) {
+    return Status::InvalidArgument("working set: sorted_lookups_per_warp must be 0 or even, at most 16, not " +
+                                   std::to_string(opt.sorted_lookups_per_warp));
+  }
   if (row_bytes % 4 != 0) {
     return Status::InvalidArgument("working set: row_bytes " + std::to_string(row_bytes) +
                                    " is not a multiple of 4 (the assembly kernel copies 4-byte words)");
@@ -1210,7 +1214,8 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     // (timed between the step's start and copied events of the layer, which the device path has spare).
     if (Sort(n)) {
       ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[static_cast<std::size_t>(l0)], copy));
-      ENGRAM_RETURN_IF_ERROR(kernels::LaunchSortLookups(group_args.layer[0], sort_buffers, copy));
+      ENGRAM_RETURN_IF_ERROR(
+          kernels::LaunchSortLookups(group_args.layer[0], sort_buffers, opt.sorted_lookups_per_warp, copy));
       ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[static_cast<std::size_t>(l0)], copy));
     }
     ev->sorted = Sort(n);

@@ -1,6 +1,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cub/device/device_radix_sort.cuh>
 
 #include "cuda_check.hpp"
@@ -309,6 +310,7 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   __shared__ unsigned long long counts[3];  // hits, host reads, region reads of this block
   if (threadIdx.x < 3) counts[threadIdx.x] = 0;
   __syncthreads();
+  unsigned mine[3] = {0, 0, 0};  // this lane's hits, host reads, region reads: added to `counts` at the end
   const unsigned lane = threadIdx.x & 31U;
   const unsigned half = lane >> 4;
   const unsigned sub = lane & 15U;
@@ -316,18 +318,26 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   // In row order a warp takes kSortedChunk consecutive lookups, two at a time, and a half-warp bumps a
   // way's read count once per run of hits on it (a prefill repeats its 2-grams: one atomic per hit on
   // the same way serialised them), not once per hit. Otherwise two lookups per warp and pass.
-  const std::uint64_t per_warp = a.sorted_index != nullptr ? kSortedChunk : 2;
+  const std::uint64_t per_warp = a.sorted_index != nullptr ? a.sorted_chunk : 2;
   std::uint64_t pend_slot = ~0ULL;
-  std::uint32_t pend_set = 0;
+  float pend_level = 0;  // the set's level, loaded when the run starts, stored when it ends
   unsigned pend = 0;
   auto flush = [&] {
     if (pend == 0) return;
-    a.cache.ways[pend_slot].base = a.cache.level[pend_set];
+    a.cache.ways[pend_slot].base = pend_level;
     atomicAdd(&a.cache.ways[pend_slot].reads, pend);
     pend = 0;
   };
   for (std::uint64_t w0 = (blockIdx.x * static_cast<std::uint64_t>(kWarpsPerBlock) + threadIdx.x / 32) * per_warp;
        w0 < a.out.n; w0 += warps * per_warp) {
+    // In row order, the warp's lookups (position and row) in one coalesced load, lane m holding lookup
+    // w0 + m, handed out by shuffles below: one dependent load for the chunk, not one per pair.
+    std::uint32_t my_index = 0;
+    std::uint64_t my_row = 0;
+    if (a.sorted_index != nullptr && lane < per_warp && w0 + lane < a.out.n) {
+      my_index = a.sorted_index[w0 + lane];
+      my_row = a.sorted_rows[w0 + lane];
+    }
     for (std::uint64_t j = 0; j < per_warp && w0 + j < a.out.n; j += 2) {
       const std::uint64_t k = w0 + j + half;
       const bool active = k < a.out.n;
@@ -338,12 +348,13 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
       std::uint64_t key = 0, b0 = 0;
       std::uint32_t set = 0;
       std::int64_t row = 0;
+      std::uint64_t sorted = 0;
+      if (a.sorted_index != nullptr) {  // uniform across the warp: every lane shuffles
+        const int from = static_cast<int>(j) + static_cast<int>(half);
+        i = __shfl_sync(0xFFFFFFFFU, my_index, from);
+        sorted = __shfl_sync(0xFFFFFFFFU, my_row, from);
+      }
       if (active) {
-        std::uint64_t sorted = 0;
-        if (a.sorted_index != nullptr) {
-          i = a.sorted_index[k];
-          sorted = a.sorted_rows[k];
-        }
         const std::uint64_t t = i / a.num_columns;
         const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
         const std::int32_t* x = a.sorted_index != nullptr ? nullptr : a.window + a.token_pos[t];
@@ -372,7 +383,7 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
             if (slot != pend_slot) {
               flush();
               pend_slot = slot;
-              pend_set = set;
+              pend_level = a.cache.level[set];
             }
             ++pend;
           }
@@ -382,11 +393,19 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
           a.miss_rows[k] = row;
         }
       }
-      if (sub == 0 && kind >= 0) atomicAdd(&counts[kind], 1ULL);
+      mine[0] += kind == 0 ? 1U : 0U;  // constant indices: the counts stay in registers
+      mine[1] += kind == 1 ? 1U : 0U;
+      mine[2] += kind == 2 ? 1U : 0U;
       EmitLookup(a.out, i, active, src, half, sub);
     }
   }
-  if (sub == 0) flush();
+  if (sub == 0) {
+    flush();
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      if (mine[k] != 0) atomicAdd(&counts[k], static_cast<unsigned long long>(mine[k]));
+    }
+  }
   __syncthreads();
   if (threadIdx.x < 3 && counts[threadIdx.x] != 0) {
     const int k = threadIdx.x == 0 ? kCacheHits : (threadIdx.x == 1 ? kHostReads : kRegionReads);
@@ -569,7 +588,7 @@ Status LaunchTableLookup(const TableArgs& t, std::uint64_t key_base, const std::
 Status LaunchResolve(const ResolveBatch& b, cudaStream_t stream) {
   if (b.layers < 1 || b.layers > kMaxFusedLayers) return Status::InvalidArgument("resolve: 1..4 layers a launch");
   if (b.layer[0].out.n == 0) return Status::Ok();
-  const std::uint64_t per_warp = b.layer[0].sorted_index != nullptr ? kSortedChunk : 2;
+  const std::uint64_t per_warp = b.layer[0].sorted_index != nullptr ? b.layer[0].sorted_chunk : 2;
   const dim3 grid(Blocks((b.layer[0].out.n + per_warp - 1) / per_warp, kWarpsPerBlock),
                   static_cast<unsigned>(b.layers));
   ResolveKernel<<<grid, kThreads, 0, stream>>>(b);
@@ -593,7 +612,24 @@ Status SortPairs(const SortBuffers& sb, std::uint64_t n, cub::DoubleBuffer<std::
 }
 }  // namespace
 
-Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, cudaStream_t stream) {
+namespace {
+// The current device's SM count (asked once per device).
+Result<int> MultiprocessorCount() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};
+  int device = 0;
+  ENGRAM_CUDA_RETURN(cudaGetDevice(&device));
+  if (device >= 0 && device < kMaxDevices && known[device].load(std::memory_order_relaxed) > 0) {
+    return known[device].load(std::memory_order_relaxed);
+  }
+  int sms = 0;
+  ENGRAM_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < kMaxDevices) known[device].store(sms, std::memory_order_relaxed);
+  return std::max(sms, 1);
+}
+}  // namespace
+
+Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, std::uint32_t per_warp, cudaStream_t stream) {
   const std::uint64_t n = a.out.n;
   if (n == 0) return Status::Ok();
   if (n > sb.capacity) return Status::InvalidArgument("lookup sort: more lookups than the sort buffers hold");
@@ -606,6 +642,14 @@ Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, cudaStream_t str
   a.sorted_rows = k.Current();
   a.sorted_index = v.Current();
   a.sorted_dead = dead;
+  if (per_warp != 0) {
+    a.sorted_chunk = per_warp;
+    return Status::Ok();
+  }
+  // As many lookups a warp as leaves ~32 warps for each SM, at most kSortedChunk, at least 2.
+  ENGRAM_ASSIGN_OR_RETURN(const int sms, MultiprocessorCount());
+  const std::uint64_t chunk = n / (static_cast<std::uint64_t>(sms) * 32);
+  a.sorted_chunk = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(chunk & ~1ULL, 2, kSortedChunk));
   return Status::Ok();
 }
 

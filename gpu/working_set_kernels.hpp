@@ -98,6 +98,9 @@ struct ResolveArgs {
   const std::uint64_t* sorted_rows = nullptr;
   const std::uint32_t* sorted_index = nullptr;
   std::uint64_t sorted_dead = 0;
+  // In address order, the consecutive lookups one warp takes (even, 2..16; set by LaunchSortLookups,
+  // WorkingSetOptions::sorted_lookups_per_warp).
+  std::uint32_t sorted_chunk = 2;
 };
 
 // Device buffers to sort a layer's lookups by row (CUB radix sort, double-buffered).
@@ -115,7 +118,8 @@ Result<std::uint64_t> SortTempBytes(std::uint64_t n, int end_bit);
 // DEAD positions last, into `sb`; points a.sorted_rows / sorted_index / sorted_dead at the result, so
 // that LaunchResolve reads host rows in address order (mapped reads spread over gigabytes slow down
 // 2-4x in random order: docs/gpu.md). a.out.n <= sb.capacity.
-Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, cudaStream_t stream);
+// `per_warp`: ResolveArgs::sorted_chunk to set (even, 2..16), or 0 to choose it from the layer's size.
+Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, std::uint32_t per_warp, cudaStream_t stream);
 // Runs the sort's kernels once on `n` garbage keys (every size class the sort uses), so that lazy module
 // loading never happens behind a stream that waits on a flag (see Preload).
 Status WarmSort(const SortBuffers& sb, cudaStream_t stream);

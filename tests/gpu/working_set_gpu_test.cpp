@@ -205,13 +205,15 @@ class WorkingSetTest : public ::testing::Test {
   }
   // The device pipeline, one launch per layer, over a small set cache (55 sets of 16: the workload reads
   // more distinct rows): runs the workload against the CPU backend and returns the statistics.
-  WorkingSetStats RunDevicePipelineWithSmallCache(std::uint64_t sort_lookups_from) {
+  WorkingSetStats RunDevicePipelineWithSmallCache(std::uint64_t sort_lookups_from,
+                                                  std::uint32_t sorted_lookups_per_warp = 0) {
     auto host = ResidentTier();
     WorkingSetOptions o;
     o.cache_bytes = 256ULL << 10;
     o.path = MissPath::kDevice;
     o.fuse_lookups = 0;
     o.sort_lookups_from = sort_lookups_from;
+    o.sorted_lookups_per_warp = sorted_lookups_per_warp;
     auto ws = Make(host.get(), o);
     if (ws == nullptr) return {};
     RunAndCompare(*ws, steps_, expect_);
@@ -699,6 +701,25 @@ TEST_F(WorkingSetTest, DevicePipelineInRowOrderMatchesTheCpuBackend) {
   EXPECT_EQ(st.path, MissPath::kDevice);
   EXPECT_GT(st.cache_hits, 0U);
   EXPECT_GT(st.evictions, 0U);
+}
+
+TEST_F(WorkingSetTest, DevicePipelineInRowOrderSixteenLookupsAWarpMatchesTheCpuBackend) {
+  // A warp takes 16 sorted lookups and bumps a way's read count once per run of hits on it.
+  const auto st = RunDevicePipelineWithSmallCache(1, 16);
+  EXPECT_EQ(st.path, MissPath::kDevice);
+  EXPECT_GT(st.cache_hits, 0U);
+  EXPECT_GT(st.evictions, 0U);
+}
+
+TEST_F(WorkingSetTest, AnOddSortedLookupsPerWarpIsRefused) {
+  auto host = ResidentTier();
+  WorkingSetOptions o;
+  o.path = MissPath::kDevice;
+  o.sorted_lookups_per_warp = 3;
+  auto ws = WorkingSet::Create(*f_->store, f_->version, host.get(), o);
+  ASSERT_FALSE(ws.ok());
+  EXPECT_EQ(ws.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(ws.status().message().find("sorted_lookups_per_warp"), std::string::npos) << ws.status().ToString();
 }
 
 TEST_F(WorkingSetTest, TheDevicePipelineKeepsNoPinnedStaging) {

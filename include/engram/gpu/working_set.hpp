@@ -92,6 +92,11 @@ struct WorkingSetOptions {
   // lookups: 75 -> 49 M lookups/s). Costs 24 bytes of GPU memory per lookup of max_tokens.
   // 0: never. Default: 8192 (V4.1: prefill chunks from 342 tokens, decode from 342 sequences).
   std::uint64_t sort_lookups_from = 8192;
+  // kDevice, a layer in row order: consecutive lookups one warp resolves (even, 2 to 16). More a warp
+  // bump a popular row's read count once per run instead of once per hit (a prefill's 2-grams); fewer
+  // keep more warps in flight. 0: as many as leave ~32 warps for each SM, between 2 and 16 (H100, every
+  // row an HBM hit: decode B=256 at 16 a warp ran 96 blocks on 132 SMs). Default: 0.
+  std::uint32_t sorted_lookups_per_warp = 0;
   // Outputs to produce. rows: [T, H, row_bytes]; bf16: [T, H * dim] for FP8 rows. Defaults: both.
   bool rows_output = true;
   bool bf16_output = true;
