@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <span>
 #include <thread>
@@ -298,10 +299,38 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   unsigned long long* counters_host = nullptr;  // pinned; copied from the device when stats() asks
   cudaStream_t counters_stream = nullptr;       // stats()'s copy of the counters, beside the copy stream
   mutable std::mutex counters_mu;
-  std::uint64_t up_bytes = 0;               // per slot: miss counts, window positions, windows
-  std::uint64_t up_counts = 0;              // bytes of the miss counts at its start (16-aligned)
-  std::vector<std::byte*> up_host;          // [slot], pinned
-  std::vector<cudaEvent_t> up_free;         // [slot]: its upload is done
+  std::uint64_t up_bytes = 0;        // per slot: miss counts, window positions, windows
+  std::uint64_t up_counts = 0;       // bytes of the miss counts at its start (16-aligned)
+  std::vector<std::byte*> up_host;   // [slot], pinned
+  std::vector<cudaEvent_t> up_free;  // [slot]: its upload is done
+  // SubmitDeviceIds: the store's token map on the device (raw ids), and per slot a pinned copy of the
+  // step's ids for the host's sequence history and the events around it.
+  std::int32_t* token_map_dev = nullptr;
+  std::uint32_t token_map_size = 0;
+  std::vector<std::int32_t*> ids_host;    // [slot], pinned, max_tokens ids
+  std::vector<cudaEvent_t> ids_produced;  // [slot]: recorded on the producer stream at submission
+  std::vector<cudaEvent_t> ids_copied;    // [slot]: the step has read its ids and copied them to ids_host
+  // The last device-ids step, whose ids the host has not appended yet (at most one: every call that
+  // needs the sequences appends them first). Under submit_mu.
+  struct PendingIds {
+    StepId step = 0;
+    std::uint32_t slot = 0;
+    DeviceIds kind = DeviceIds::kCompressed;
+    std::vector<SequenceId> sequences;
+    std::vector<std::int64_t> tokens;
+    std::vector<std::vector<std::uint8_t>> dead;
+  };
+  std::optional<PendingIds> pending_ids;
+  std::map<SequenceId, Status> failed_sequences;  // a bad device id reached them; under submit_mu
+  std::map<StepId, Status> step_errors;           // device-ids steps that failed; under mu
+  // Appends the pending step's ids (waiting for their copy); a bad id fails its sequence and the step.
+  // Errors of the ids are recorded, not returned; a CUDA error is returned. submit_mu held.
+  Status AppendPendingIds();
+  // The sequence's recorded failure, if any. submit_mu held.
+  Status SequenceUsable(SequenceId id) const {
+    auto it = failed_sequences.find(id);
+    return it == failed_sequences.end() ? Status::Ok() : it->second;
+  }
   std::mutex submit_mu;                     // steps reach the copy stream in id order
   std::atomic<StepId> next_device_step{1};  // written under submit_mu, read anywhere
   bool device() const noexcept { return path == MissPath::kDevice; }
@@ -332,12 +361,20 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
       ENGRAM_ASSIGN_OR_RETURN(const std::uint64_t temp, kernels::SortTempBytes(max_lookups, SortBits()));
       sort = max_lookups * 24 + temp;
     }
+    const std::uint64_t token_map = store.token_map() != nullptr ? Align(store.token_map()->ids().size() * 4, 256) : 0;
     return MissCap() * 12 + UploadBytes() * slots + sort +
-           static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource) + 256;
+           static_cast<std::uint64_t>(layers) * cols * sizeof(kernels::ColumnSource) + 256 + token_map;
   }
   Status AllocateHostPath();  // the host-planned paths: their HBM cache directory and descriptors
   Status AllocatePipeline();
-  Result<StepId> SubmitDevice(std::span<const prefetch::SequenceInput> batch);
+  // A device step; with `dev_ids`, the new ids are on the device (SubmitDeviceIds) and `batch` holds
+  // placeholders (zeros) with the DEAD flags.
+  struct DeviceIdsIn {
+    const std::int32_t* ids = nullptr;
+    DeviceIds kind = DeviceIds::kCompressed;
+    Stream producer = nullptr;
+  };
+  Result<StepId> SubmitDevice(std::span<const prefetch::SequenceInput> batch, const DeviceIdsIn* dev_ids = nullptr);
 
   // Steps, statistics, the releasing thread (under mu).
   mutable std::mutex mu;
@@ -649,10 +686,24 @@ Status WorkingSet::Impl::AllocatePipeline() {
   up_host.assign(slots, nullptr);
   up_free.assign(slots, nullptr);
   up_used.assign(slots, nullptr);
+  ids_host.assign(slots, nullptr);
+  ids_produced.assign(slots, nullptr);
+  ids_copied.assign(slots, nullptr);
   for (std::uint32_t k = 0; k < slots; ++k) {
     ENGRAM_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&up_host[k]), up_bytes, cudaHostAllocDefault));
     ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&up_free[k], cudaEventDisableTiming));
     ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&up_used[k], cudaEventDisableTiming));
+    ENGRAM_CUDA_RETURN(cudaHostAlloc(reinterpret_cast<void**>(&ids_host[k]),
+                                     static_cast<std::uint64_t>(opt.max_tokens) * 4, cudaHostAllocDefault));
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&ids_produced[k], cudaEventDisableTiming));
+    ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(&ids_copied[k], cudaEventDisableTiming));
+  }
+  if (const TokenMap* map = store.token_map(); map != nullptr) {
+    const auto ids = map->ids();
+    token_map_size = static_cast<std::uint32_t>(ids.size());
+    ENGRAM_ASSIGN_OR_RETURN(p, DeviceAlloc(ids.size() * 4, "token map"));
+    token_map_dev = static_cast<std::int32_t*>(p);
+    ENGRAM_CUDA_RETURN(cudaMemcpy(token_map_dev, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
   }
   return Status::Ok();
 }
@@ -1136,13 +1187,73 @@ void WorkingSet::Impl::Failed(StepId step, int l, const Status& status) {
   (void)status;
 }
 
-Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::SequenceInput> batch) {
+Status WorkingSet::Impl::AppendPendingIds() {
+  if (!pending_ids) return Status::Ok();
+  PendingIds p = std::move(*pending_ids);
+  pending_ids.reset();
+  const cudaError_t e = cudaEventSynchronize(ids_copied[p.slot]);
+  Status first;
+  auto fail = [&](SequenceId id, Status why) {
+    failed_sequences[id] = why;
+    if (first.ok()) first = std::move(why);
+  };
+  if (e != cudaSuccess) {
+    const Status s = Status::Internal(std::string("working set: the ids of step ") + std::to_string(p.step) +
+                                      " did not reach the host: " + cudaGetErrorString(e));
+    for (SequenceId id : p.sequences) fail(id, s);
+  } else {
+    // Each sequence's ids checked as Submit checks host ids (raw ids compressed with the store's map);
+    // the good ones appended in one batch, the bad ones' sequences failed.
+    std::vector<std::vector<std::int32_t>> ids(p.sequences.size());
+    std::vector<prefetch::SequenceInput> good;
+    std::int64_t at = 0;
+    for (std::size_t b = 0; b < p.sequences.size(); ++b) {
+      const std::span<const std::int32_t> got(ids_host[p.slot] + at, static_cast<std::size_t>(p.tokens[b]));
+      at += p.tokens[b];
+      ids[b].resize(got.size());
+      Status s;
+      if (p.kind == DeviceIds::kRaw) {
+        s = store.token_map()->Compress(got, ids[b]);
+      } else {
+        std::copy(got.begin(), got.end(), ids[b].begin());
+        s = CheckCompressedIds(ids[b], layout);
+      }
+      if (!s.ok()) {
+        fail(p.sequences[b], Status(StatusCode::kInvalidArgument,
+                                    "working set: step " + std::to_string(p.step) + ": device ids of sequence " +
+                                        std::to_string(p.sequences[b]) + ": " + s.message()));
+      } else {
+        good.push_back({p.sequences[b], ids[b], p.dead[b]});
+      }
+    }
+    if (!good.empty()) {
+      const Status s = prefetcher->Append(good).status();
+      if (!s.ok()) {
+        for (const auto& in : good) fail(in.sequence, s);
+      }
+    }
+  }
+  if (!first.ok()) {
+    std::lock_guard<std::mutex> lock(mu);
+    step_errors[p.step] = first;
+    // Keep the recent steps' errors only (LayerStatus asks about steps in flight).
+    while (step_errors.size() > kErrorRing) step_errors.erase(step_errors.begin());
+  }
+  return Status::Ok();
+}
+
+Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::SequenceInput> batch,
+                                              const DeviceIdsIn* dev_ids) {
   if (batch.size() > static_cast<std::size_t>(opt.max_tokens)) {
     return Status::InvalidArgument("working set: a step of " + std::to_string(batch.size()) +
                                    " sequences is over max_tokens " + std::to_string(opt.max_tokens));
   }
   std::lock_guard<std::mutex> submit(submit_mu);
-  ENGRAM_ASSIGN_OR_RETURN(prefetch::StepWindows w, prefetcher->Append(batch));
+  ENGRAM_RETURN_IF_ERROR(AppendPendingIds());
+  for (const auto& in : batch) ENGRAM_RETURN_IF_ERROR(SequenceUsable(in.sequence));
+  // Ids on the device: the windows around placeholders, appended once the host has the ids.
+  ENGRAM_ASSIGN_OR_RETURN(prefetch::StepWindows w,
+                          dev_ids != nullptr ? prefetcher->Windows(batch) : prefetcher->Append(batch));
   const StepId step = next_device_step++;
   const std::uint32_t slot = SlotOf(step);
   const auto tokens = static_cast<std::uint64_t>(w.segment_begin.back());
@@ -1172,6 +1283,30 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
   }
   ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(upload, up_used[slot], 0));
   ENGRAM_CUDA_RETURN(cudaMemcpyAsync(dev, up, up_step, cudaMemcpyHostToDevice, upload));
+  if (dev_ids != nullptr) {
+    // After the producer's work: the ids into the windows, and a copy of them for the host's history;
+    // the producer's later work (its next write of the ids) waits until both have read them.
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ids_produced[slot], dev_ids->producer));
+    ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(upload, ids_produced[slot], 0));
+    const bool raw = dev_ids->kind == DeviceIds::kRaw;
+    ENGRAM_RETURN_IF_ERROR(
+        kernels::LaunchPlaceIds(dev_ids->ids, tokens, reinterpret_cast<const std::uint32_t*>(dev + up_counts),
+                                reinterpret_cast<std::int32_t*>(dev + win_at), raw ? token_map_dev : nullptr,
+                                raw ? token_map_size : 0, layout.compressed_vocab_size(), upload));
+    ENGRAM_CUDA_RETURN(cudaMemcpyAsync(ids_host[slot], dev_ids->ids, tokens * 4, cudaMemcpyDeviceToHost, upload));
+    ENGRAM_CUDA_RETURN(cudaEventRecord(ids_copied[slot], upload));
+    ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(dev_ids->producer, ids_copied[slot], 0));
+    PendingIds p;
+    p.step = step;
+    p.slot = slot;
+    p.kind = dev_ids->kind;
+    for (const auto& in : batch) {
+      p.sequences.push_back(in.sequence);
+      p.tokens.push_back(static_cast<std::int64_t>(in.tokens.size()));
+      p.dead.emplace_back(in.dead.begin(), in.dead.end());
+    }
+    pending_ids = std::move(p);
+  }
   ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], upload));
   ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(copy, up_free[slot], 0));
   auto* miss_count_dev = reinterpret_cast<std::uint32_t*>(dev);
@@ -1341,8 +1476,11 @@ WorkingSet::Impl::~Impl() {
   for (std::byte* p : up_host) {
     if (p != nullptr) cudaFreeHost(p);
   }
+  for (std::int32_t* p : ids_host) {
+    if (p != nullptr) cudaFreeHost(p);
+  }
   if (upload != nullptr) cudaStreamDestroy(upload);
-  for (auto* v : {&up_free, &up_used}) {
+  for (auto* v : {&up_free, &up_used, &ids_produced, &ids_copied}) {
     for (auto e : *v) {
       if (e != nullptr) cudaEventDestroy(e);
     }
@@ -1379,14 +1517,27 @@ Result<std::unique_ptr<WorkingSet>> WorkingSet::Create(const store::Store& store
 Result<SequenceId> WorkingSet::CreateSequence() {
   return impl_->prefetcher->CreateSequence();
 }
+// Fork, Release and Rollback first append a device-ids step's ids (their history must hold them).
 Result<SequenceId> WorkingSet::Fork(SequenceId parent) {
-  return impl_->prefetcher->Fork(parent);
+  Impl& im = *impl_;
+  std::lock_guard<std::mutex> lock(im.submit_mu);
+  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  ENGRAM_RETURN_IF_ERROR(im.SequenceUsable(parent));
+  return im.prefetcher->Fork(parent);
 }
 Status WorkingSet::Release(SequenceId id) {
-  return impl_->prefetcher->Release(id);
+  Impl& im = *impl_;
+  std::lock_guard<std::mutex> lock(im.submit_mu);
+  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  im.failed_sequences.erase(id);
+  return im.prefetcher->Release(id);
 }
 Status WorkingSet::Rollback(SequenceId id, std::int64_t k) {
-  return impl_->prefetcher->Rollback(id, k);
+  Impl& im = *impl_;
+  std::lock_guard<std::mutex> lock(im.submit_mu);
+  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  ENGRAM_RETURN_IF_ERROR(im.SequenceUsable(id));
+  return im.prefetcher->Rollback(id, k);
 }
 
 Result<StepId> WorkingSet::Submit(std::span<const prefetch::SequenceInput> batch) {
@@ -1401,6 +1552,46 @@ Result<StepId> WorkingSet::Submit(std::span<const prefetch::SequenceInput> batch
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->step_tokens[id] = static_cast<std::int64_t>(tokens);
   return id;
+}
+
+Result<StepId> WorkingSet::SubmitDeviceIds(std::span<const DeviceSequenceInput> batch, const std::int32_t* ids,
+                                           DeviceIds kind, Stream producer) {
+  Impl& im = *impl_;
+  if (!im.device()) {
+    return Status::FailedPrecondition(std::string("working set: SubmitDeviceIds needs the device pipeline "
+                                                  "(MissPath::kDevice); this working set runs ") +
+                                      MissPathName(im.path));
+  }
+  if (kind == DeviceIds::kRaw && im.token_map_dev == nullptr) {
+    return Status::FailedPrecondition(
+        "working set: raw device ids need the store's token map, and this store has none; hand over compressed ids");
+  }
+  if (ids == nullptr) return Status::InvalidArgument("working set: SubmitDeviceIds: ids is null");
+  std::int64_t tokens = 0;
+  for (const auto& in : batch) {
+    if (in.tokens <= 0 || (!in.dead.empty() && in.dead.size() != static_cast<std::size_t>(in.tokens))) {
+      return Status::InvalidArgument("working set: sequence " + std::to_string(in.sequence) + ": " +
+                                     std::to_string(in.tokens) + " tokens and " + std::to_string(in.dead.size()) +
+                                     " DEAD flags (tokens must be positive; flags none or one per token)");
+    }
+    tokens += in.tokens;
+  }
+  if (tokens == 0) return Status::InvalidArgument("working set: SubmitDeviceIds: no tokens");
+  if (tokens > im.opt.max_tokens) {
+    return Status::InvalidArgument("working set: a step of " + std::to_string(tokens) + " tokens is over max_tokens " +
+                                   std::to_string(im.opt.max_tokens));
+  }
+  // Placeholders (compressed id 0) where the device will write the ids; DEAD flags as given.
+  const std::vector<std::int32_t> zeros(static_cast<std::size_t>(tokens), 0);
+  std::vector<prefetch::SequenceInput> host;
+  host.reserve(batch.size());
+  std::size_t at = 0;
+  for (const auto& in : batch) {
+    host.push_back({in.sequence, std::span(zeros).subspan(at, static_cast<std::size_t>(in.tokens)), in.dead});
+    at += static_cast<std::size_t>(in.tokens);
+  }
+  const Impl::DeviceIdsIn dev{ids, kind, producer};
+  return im.SubmitDevice(host, &dev);
 }
 
 std::uint32_t WorkingSet::SlotOf(StepId step) const noexcept {
@@ -1497,6 +1688,14 @@ Status WorkingSet::LayerStatus(StepId step, int l) {
     if (auto it = impl_->events.find(step); it != impl_->events.end()) done = it->second->DoneEvent(l);
   }
   if (done != nullptr) ENGRAM_CUDA_RETURN(cudaEventSynchronize(done));
+  if (impl_->device()) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->submit_mu);
+      if (impl_->pending_ids && impl_->pending_ids->step == step) ENGRAM_RETURN_IF_ERROR(impl_->AppendPendingIds());
+    }
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (auto it = impl_->step_errors.find(step); it != impl_->step_errors.end()) return it->second;
+  }
   const std::uint32_t e = impl_->errors_host[(step % Impl::kErrorRing) * static_cast<std::size_t>(impl_->layers) +
                                              static_cast<std::size_t>(l)];
   if (e != 0) {

@@ -413,6 +413,19 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
   }
 }
 
+__global__ void PlaceIdsKernel(const std::int32_t* ids, std::uint64_t n, const std::uint32_t* token_pos,
+                               std::int32_t* window, const std::int32_t* map, std::uint32_t map_size,
+                               std::int64_t vocab) {
+  for (std::uint64_t k = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; k < n;
+       k += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
+    std::int32_t* at = window + token_pos[k];
+    if (*at == kDeadId) continue;  // DEAD: marked by the host
+    std::int32_t id = ids[k];
+    if (map != nullptr) id = id >= 0 && static_cast<std::uint32_t>(id) < map_size ? map[id] : kDeadId;
+    *at = id >= 0 && id < vocab ? id : kDeadId;
+  }
+}
+
 // keys[i] = lookup i's row (dead: a DEAD position), vals[i] = i.
 __global__ void HashLookupsKernel(ResolveArgs a, std::uint64_t dead, std::uint64_t* keys, std::uint32_t* vals) {
   for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < a.out.n;
@@ -651,6 +664,13 @@ Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, std::uint32_t pe
   const std::uint64_t chunk = n / (static_cast<std::uint64_t>(sms) * 32);
   a.sorted_chunk = static_cast<std::uint32_t>(std::clamp<std::uint64_t>(chunk & ~1ULL, 2, kSortedChunk));
   return Status::Ok();
+}
+
+Status LaunchPlaceIds(const std::int32_t* ids, std::uint64_t n, const std::uint32_t* token_pos, std::int32_t* window,
+                      const std::int32_t* map, std::uint32_t map_size, std::int64_t vocab, cudaStream_t stream) {
+  if (n == 0) return Status::Ok();
+  PlaceIdsKernel<<<Blocks(n, kThreads), kThreads, 0, stream>>>(ids, n, token_pos, window, map, map_size, vocab);
+  return Launched("place ids kernel");
 }
 
 Status WarmSort(const SortBuffers& sb, cudaStream_t stream) {

@@ -104,7 +104,9 @@ struct Prefetcher::Impl {
   // its first token's step position and, if any_dead, the DEAD flags (dead sized to the step's tokens).
   Status AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
                      std::vector<std::vector<std::int32_t>>& windows, std::vector<std::size_t>& first_token,
-                     std::vector<std::uint8_t>& dead);
+                     std::vector<std::uint8_t>& dead, bool append = true);
+  // Append's (append) or Windows' (no append) windows, flattened.
+  Result<StepWindows> FlatWindows(std::span<const SequenceInput> batch, bool append);
   // Row ids of one layer for every token of the step, from the sequences' windows.
   void HashLayer(Step& step, int layer);
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
@@ -647,7 +649,8 @@ Status Prefetcher::Impl::CheckBatch(std::span<const SequenceInput> batch, std::s
 
 Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
                                      std::vector<std::vector<std::int32_t>>& windows,
-                                     std::vector<std::size_t>& first_token, std::vector<std::uint8_t>& dead) {
+                                     std::vector<std::size_t>& first_token, std::vector<std::uint8_t>& dead,
+                                     bool append) {
   std::lock_guard<std::mutex> lock(seq_mu);
   // Every sequence must exist (and appear once) before any is changed.
   std::vector<Sequence*> seqs;
@@ -668,7 +671,7 @@ Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, bool 
       w[hist + i] = (!in.dead.empty() && in.dead[i] != 0) ? kDeadId : in.tokens[i];
     }
     // Ids were checked (CheckBatch), so this cannot fail part way through the batch.
-    ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
+    if (append) ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
     windows.push_back(std::move(w));
     first_token.push_back(t0);
     if (any_dead) {
@@ -680,16 +683,23 @@ Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, bool 
 }
 
 Result<StepWindows> Prefetcher::Append(std::span<const SequenceInput> batch) {
-  Impl& im = *impl_;
+  return impl_->FlatWindows(batch, true);
+}
+
+Result<StepWindows> Prefetcher::Windows(std::span<const SequenceInput> batch) {
+  return impl_->FlatWindows(batch, false);
+}
+
+Result<StepWindows> Prefetcher::Impl::FlatWindows(std::span<const SequenceInput> batch, bool append) {
   std::size_t tokens = 0;
   bool any_dead = false;
-  ENGRAM_RETURN_IF_ERROR(im.CheckBatch(batch, tokens, any_dead));
+  ENGRAM_RETURN_IF_ERROR(CheckBatch(batch, tokens, any_dead));
   std::vector<std::vector<std::int32_t>> windows;
   std::vector<std::size_t> first_token;
   std::vector<std::uint8_t> dead;
-  ENGRAM_RETURN_IF_ERROR(im.AppendBatch(batch, false, windows, first_token, dead));
+  ENGRAM_RETURN_IF_ERROR(AppendBatch(batch, false, windows, first_token, dead, append));
   StepWindows out;
-  out.window.reserve(tokens + windows.size() * static_cast<std::size_t>(im.layout.max_ngram() - 1));
+  out.window.reserve(tokens + windows.size() * static_cast<std::size_t>(layout.max_ngram() - 1));
   out.segment_begin.reserve(windows.size() + 1);
   for (std::size_t s = 0; s < windows.size(); ++s) {
     out.segment_begin.push_back(static_cast<std::uint32_t>(first_token[s]));

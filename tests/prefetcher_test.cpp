@@ -256,6 +256,28 @@ TEST(Prefetcher, AppendOfABadBatchAppendsNothing) {
   }
 }
 
+TEST(Prefetcher, WindowsAreAppendsWindowsAndAppendNothing) {
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const SequenceId a = *(*p)->CreateSequence();
+  ASSERT_TRUE((*p)->Append(std::vector<SequenceInput>{{a, std::vector<std::int32_t>{7, 8, 9, 10}, {}}}).ok());
+  const std::vector<std::int32_t> next = {11, 12};
+  const std::vector<std::uint8_t> dead = {0, 1};
+  auto peek = (*p)->Windows(std::vector<SequenceInput>{{a, next, dead}});
+  ASSERT_TRUE(peek.ok()) << peek.status().ToString();
+  auto again = (*p)->Windows(std::vector<SequenceInput>{{a, next, dead}});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->window, peek->window);  // the first call appended nothing
+  auto appended = (*p)->Append(std::vector<SequenceInput>{{a, next, dead}});
+  ASSERT_TRUE(appended.ok());
+  EXPECT_EQ(appended->window, peek->window);
+  EXPECT_EQ(appended->segment_begin, peek->segment_begin);
+  const auto hist = static_cast<std::size_t>(f->store->layout().max_ngram() - 1);
+  EXPECT_EQ(peek->window[hist - 1], 10);
+  EXPECT_EQ(peek->window[hist + 1], kDeadId);
+}
+
 TEST(Prefetcher, LongAndShortSequencesInOneStepMatchTheReference) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   auto f = MakeStore();

@@ -56,12 +56,13 @@ std::string FlipOneByte(const std::string& store_dir) {
   return biggest;
 }
 
-std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale, std::uint32_t read_threads) {
+std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale, std::uint32_t read_threads,
+                                                 const TokenMap* token_map) {
   const auto& ck = SmallCheckpoint(preset, scale);
   auto f = std::make_unique<IngestedStore>();
   store::StoreOptions so;
   so.read_threads = read_threads;
-  auto st = store::Store::Create(f->dir.File("store"), ck.layout, nullptr, so);
+  auto st = store::Store::Create(f->dir.File("store"), ck.layout, token_map, so);
   EXPECT_TRUE(st.ok()) << st.status().ToString();
   if (!st.ok()) return f;
   auto c = store::Checkpoint::Open(ck.dir);

@@ -30,8 +30,9 @@ struct IngestedStore {
   std::unique_ptr<store::Store> store;
   store::VersionHandle version;
 };
+// With `token_map`, the store keeps that map.
 std::unique_ptr<IngestedStore> MakeIngestedStore(const std::string& preset, double scale,
-                                                 std::uint32_t read_threads = 2);
+                                                 std::uint32_t read_threads = 2, const TokenMap* token_map = nullptr);
 
 // Flips one byte in the middle of the largest SST file in `store_dir` (inside a data block); returns its path.
 std::string FlipOneByte(const std::string& store_dir);

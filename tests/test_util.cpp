@@ -10,16 +10,32 @@
 
 namespace engram::test {
 
-const std::vector<std::int32_t>& BrownCompressed() {
+const TokenMap& RealTokenMap() {
+  static const TokenMap map = [] {
+    auto m = TokenMap::LoadFile(SharedData("deepseek-v3.token-map.i32"));
+    if (!m.ok()) return *TokenMap::FromIds({0}, "empty stand-in: " + m.status().ToString());
+    return std::move(*m);
+  }();
+  return map;
+}
+
+const std::vector<std::int32_t>& BrownRaw() {
   static const std::vector<std::int32_t> ids = [] {
-    auto map = TokenMap::LoadFile(SharedData("deepseek-v3.token-map.i32"));
-    if (!map.ok()) return std::vector<std::int32_t>{};
     std::ifstream f(SharedData("brown.deepseek-v3.i32"), std::ios::binary | std::ios::ate);
+    if (!f) return std::vector<std::int32_t>{};
     std::vector<std::int32_t> raw(static_cast<std::size_t>(f.tellg()) / 4);
     f.seekg(0);
     f.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(raw.size() * 4));
+    return raw;
+  }();
+  return ids;
+}
+
+const std::vector<std::int32_t>& BrownCompressed() {
+  static const std::vector<std::int32_t> ids = [] {
+    const auto& raw = BrownRaw();
     std::vector<std::int32_t> out(raw.size());
-    if (!map->Compress(raw, out).ok()) return std::vector<std::int32_t>{};
+    if (raw.empty() || !RealTokenMap().Compress(raw, out).ok()) return std::vector<std::int32_t>{};
     return out;
   }();
   return ids;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engram/layout.hpp"
+#include "engram/token_map.hpp"
 
 namespace engram::test {
 
@@ -29,6 +30,9 @@ inline std::string SharedData(const std::string& name) {
 
 // The real Brown trace compressed with the real token map (loaded once per process).
 const std::vector<std::int32_t>& BrownCompressed();
+// The real Brown trace as tokenizer ids, and the real token map (loaded once per process).
+const std::vector<std::int32_t>& BrownRaw();
+const TokenMap& RealTokenMap();
 
 // A temporary directory removed at scope exit.
 class TempDir {

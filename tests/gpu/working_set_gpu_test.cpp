@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 
 #include "../store_util.hpp"
 #include "engram/gpu/device.hpp"
@@ -33,10 +34,9 @@ struct StepInput {
   std::vector<std::vector<std::uint8_t>> dead;
 };
 
-// 6 sequences from the Brown trace: a 48-token prefill, then 40 decode steps; every 7th decode step
-// marks one sequence's token DEAD.
-std::vector<StepInput> Workload() {
-  const auto& all = test::BrownCompressed();
+// 6 sequences from the Brown trace (compressed ids, or `all` at the same positions): a 48-token prefill,
+// then 40 decode steps; every 7th decode step marks one sequence's token DEAD.
+std::vector<StepInput> Workload(const std::vector<std::int32_t>& all = test::BrownCompressed()) {
   constexpr std::size_t kSeqs = 6, kPrefill = 48, kDecode = 40;
   std::vector<StepInput> steps;
   for (std::size_t s = 0; s <= kDecode; ++s) {
@@ -109,10 +109,43 @@ struct Stream {
   ~Stream() { cudaStreamDestroy(s); }
 };
 
+// How a test hands a step to the working set: WorkingSet::Submit, or with the ids on the device.
+using Submitter = std::function<Result<StepId>(WorkingSet&, std::span<const SequenceInput>)>;
+
+// Hands steps over with their ids in device memory, as an engine whose sampled tokens are on the GPU:
+// the batch's ids (compressed, or tokenizer ids with kRaw) are copied to a device buffer on a producer
+// stream, then SubmitDeviceIds.
+struct DeviceIdsSubmitter {
+  static constexpr std::size_t kMaxIds = 4096;
+  Stream producer;
+  std::int32_t* d_ids = nullptr;
+  Pinned<std::int32_t> staging{kMaxIds};
+  DeviceIdsSubmitter() { EXPECT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), kMaxIds * 4), cudaSuccess); }
+  ~DeviceIdsSubmitter() { cudaFree(d_ids); }
+  DeviceIdsSubmitter(const DeviceIdsSubmitter&) = delete;
+  DeviceIdsSubmitter& operator=(const DeviceIdsSubmitter&) = delete;
+  Result<StepId> Submit(WorkingSet& ws, std::span<const SequenceInput> batch, DeviceIds kind) {
+    EXPECT_EQ(cudaStreamSynchronize(producer.s), cudaSuccess);  // the previous step's copy of `staging`
+    std::vector<DeviceSequenceInput> dev;
+    std::size_t n = 0;
+    for (const auto& in : batch) {
+      EXPECT_LE(n + in.tokens.size(), kMaxIds);
+      std::copy(in.tokens.begin(), in.tokens.end(), staging.p + n);
+      dev.push_back({in.sequence, static_cast<std::int64_t>(in.tokens.size()), in.dead});
+      n += in.tokens.size();
+    }
+    EXPECT_EQ(cudaMemcpyAsync(d_ids, staging.p, n * 4, cudaMemcpyHostToDevice, producer.s), cudaSuccess);
+    return ws.SubmitDeviceIds(dev, d_ids, kind, producer.s);
+  }
+  Submitter Compressed() {
+    return [this](WorkingSet& ws, std::span<const SequenceInput> b) { return Submit(ws, b, DeviceIds::kCompressed); };
+  }
+};
+
 // Runs the workload eagerly through `ws` (Wait, copy out, Done on one stream) and compares every layer
-// of every step with the CPU backend.
+// of every step with the CPU backend. Steps go through `submit` (default: WorkingSet::Submit).
 void RunAndCompare(WorkingSet& ws, const std::vector<StepInput>& steps,
-                   const std::vector<std::vector<LayerBytes>>& expect) {
+                   const std::vector<std::vector<LayerBytes>>& expect, const Submitter& submit = {}) {
   Stream stream;
   std::vector<SequenceId> ids;
   for (std::size_t q = 0; q < steps[0].tokens.size(); ++q) ids.push_back(*ws.CreateSequence());
@@ -120,11 +153,12 @@ void RunAndCompare(WorkingSet& ws, const std::vector<StepInput>& steps,
   for (std::size_t s = 0; s < steps.size(); ++s) {
     std::vector<SequenceInput> batch;
     for (std::size_t q = 0; q < ids.size(); ++q) batch.push_back({ids[q], steps[s].tokens[q], steps[s].dead[q]});
-    auto sid = ws.Submit(batch);
+    auto sid = submit ? submit(ws, batch) : ws.Submit(batch);
     ASSERT_TRUE(sid.ok()) << sid.status().ToString();
     for (int l = 0; l < layers; ++l) {
       ASSERT_TRUE(ws.Wait(*sid, l, stream.s).ok());
-      ASSERT_TRUE(ws.LayerStatus(*sid, l).ok());
+      const Status st = ws.LayerStatus(*sid, l);
+      ASSERT_TRUE(st.ok()) << st.ToString();
       auto o = ws.Output(*sid, l);
       ASSERT_TRUE(o.ok()) << o.status().ToString();
       const auto& e = expect[s][static_cast<std::size_t>(l)];
@@ -221,7 +255,19 @@ class WorkingSetTest : public ::testing::Test {
     return ws->stats();
   }
 
+  // The device pipeline over the resident tier with a set cache of `cache_bytes` (both kept by the fixture).
+  WorkingSet* DevicePipeline(std::uint64_t cache_bytes) {
+    host_ = ResidentTier();
+    WorkingSetOptions o;
+    o.cache_bytes = cache_bytes;
+    o.path = MissPath::kDevice;
+    ws_ = Make(host_.get(), o);
+    return ws_.get();
+  }
+
   std::unique_ptr<Fixture> f_;
+  std::unique_ptr<memory::HostTier> host_;
+  std::unique_ptr<WorkingSet> ws_;
   std::vector<StepInput> steps_;
   std::vector<std::vector<LayerBytes>> expect_;
   std::unique_ptr<memory::HostRegistrar> registrar_;
@@ -557,14 +603,13 @@ TEST_F(WorkingSetTest, DevicePipelineWithOneLaunchForAllLayersMatchesTheCpuBacke
   EXPECT_GT(ws->stats().evictions, 0U);
 }
 
-TEST_F(WorkingSetTest, DevicePipelineAfterRollbackAndForkMatchesTheCpuBackend) {
-  auto host = ResidentTier();
-  WorkingSetOptions o;
-  o.cache_bytes = 256ULL << 10;
-  o.path = MissPath::kDevice;
-  auto ws = Make(host.get(), o);
-  ASSERT_NE(ws, nullptr);
-  auto cpu = prefetch::Prefetcher::Create(*f_->store, f_->version, nullptr);
+// A prefill, a decode step, a rollback of two tokens, a fork, and two steps of both sequences, through
+// the device pipeline (steps handed over by `submit`, default Submit) and the CPU backend, every layer
+// compared byte for byte.
+void RollbackAndForkMatchTheCpuBackend(WorkingSet* ws_ptr, test::IngestedStore& f, const Submitter& submit = {}) {
+  ASSERT_NE(ws_ptr, nullptr);
+  WorkingSet* ws = ws_ptr;
+  auto cpu = prefetch::Prefetcher::Create(*f.store, f.version, nullptr);
   ASSERT_TRUE(cpu.ok());
   const auto& all = test::BrownCompressed();
   auto tok = [&](std::size_t at, std::size_t n) {
@@ -581,9 +626,9 @@ TEST_F(WorkingSetTest, DevicePipelineAfterRollbackAndForkMatchesTheCpuBackend) {
       gb.push_back({gpu_ids[q], tokens[q], {}});
       cb.push_back({cpu_ids[q], tokens[q], {}});
     }
-    auto gs = ws->Submit(gb);
+    auto gs = submit ? submit(*ws, gb) : ws->Submit(gb);
     auto cs = (*cpu)->Submit(cb);
-    ASSERT_TRUE(gs.ok() && cs.ok()) << what;
+    ASSERT_TRUE(gs.ok() && cs.ok()) << what << ": " << gs.status().ToString();
     for (int l = 0; l < layers; ++l) {
       ASSERT_TRUE((*cpu)->Wait(*cs, l).ok());
       auto e = (*cpu)->Output(*cs, l);
@@ -614,6 +659,113 @@ TEST_F(WorkingSetTest, DevicePipelineAfterRollbackAndForkMatchesTheCpuBackend) {
   const SequenceId cb = *(*cpu)->Fork(ca);
   step({ga, gb}, {ca, cb}, {tok(8000, 1), tok(9000, 1)}, "after rollback and fork");
   step({ga, gb}, {ca, cb}, {tok(8001, 1), tok(9001, 1)}, "one more");
+}
+
+TEST_F(WorkingSetTest, DevicePipelineAfterRollbackAndForkMatchesTheCpuBackend) {
+  RollbackAndForkMatchTheCpuBackend(DevicePipeline(256ULL << 10), *f_);
+}
+
+TEST_F(WorkingSetTest, DeviceIdsMatchTheCpuBackend) {
+  // Every step's ids handed over in device memory: the prefill, then decode steps whose windows need the
+  // ids of the step before (appended by the host once copied back), with DEAD marks.
+  WorkingSet* ws = DevicePipeline(256ULL << 10);
+  ASSERT_NE(ws, nullptr);
+  DeviceIdsSubmitter dev;
+  RunAndCompare(*ws, steps_, expect_, dev.Compressed());
+}
+
+TEST_F(WorkingSetTest, DeviceIdsThroughRollbackAndForkMatchTheCpuBackend) {
+  DeviceIdsSubmitter dev;
+  RollbackAndForkMatchTheCpuBackend(DevicePipeline(256ULL << 10), *f_, dev.Compressed());
+}
+
+TEST_F(WorkingSetTest, RawDeviceIdsAreMappedWithTheStoresTokenMap) {
+  // A store that keeps the real token map; the workload's tokenizer ids, mapped on the device, give the
+  // CPU backend's outputs for the compressed ids.
+  auto mapped = test::MakeIngestedStore("deepseek-v4.1-flash", kScale, 2, &test::RealTokenMap());
+  ASSERT_NE(mapped->store, nullptr);
+  ASSERT_NE(mapped->store->token_map(), nullptr);
+  auto reg = MakeCudaHostRegistrar();
+  ASSERT_TRUE(reg.ok());
+  memory::HostTierOptions ho;
+  ho.resident = memory::ResidentRegions::kAll;
+  ho.arena.huge_pages = memory::HugePages::kNone;
+  ho.arena.registrar = reg->get();
+  auto host = memory::HostTier::Create(mapped->store->layout(), ho);
+  ASSERT_TRUE(host.ok());
+  ASSERT_TRUE((*host)->LoadResident(*mapped->store, mapped->version).ok());
+  WorkingSetOptions o;
+  o.path = MissPath::kDevice;
+  o.max_tokens = 512;
+  auto ws = WorkingSet::Create(*mapped->store, mapped->version, host->get(), o);
+  ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+  // The same workload as tokenizer ids (the same trace positions), handed over raw.
+  DeviceIdsSubmitter dev;
+  RunAndCompare(**ws, Workload(test::BrownRaw()), expect_,
+                [&](WorkingSet& w, std::span<const SequenceInput> b) { return dev.Submit(w, b, DeviceIds::kRaw); });
+}
+
+TEST_F(WorkingSetTest, ABadDeviceIdFailsItsStepAndItsSequenceOnly) {
+  WorkingSet* ws = DevicePipeline(WorkingSetOptions{}.cache_bytes);
+  ASSERT_NE(ws, nullptr);
+  const SequenceId a = *ws->CreateSequence();
+  const SequenceId b = *ws->CreateSequence();
+  const auto vocab = static_cast<std::int32_t>(ws->layout().compressed_vocab_size());
+  const std::vector<std::int32_t> good = {5, 6};
+  const std::vector<std::int32_t> bad = {7, vocab + 3};
+  DeviceIdsSubmitter dev;
+  Stream stream;
+  auto sid = dev.Submit(*ws, std::vector<SequenceInput>{{a, good, {}}, {b, bad, {}}}, DeviceIds::kCompressed);
+  ASSERT_TRUE(sid.ok()) << sid.status().ToString();
+  for (int l = 0; l < ws->layout().num_layers(); ++l) {
+    ASSERT_TRUE(ws->Wait(*sid, l, stream.s).ok());
+    ASSERT_TRUE(ws->Done(*sid, l, stream.s).ok());
+  }
+  const Status st = ws->LayerStatus(*sid, 0);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  EXPECT_NE(st.message().find("sequence " + std::to_string(b)), std::string::npos) << st.ToString();
+  EXPECT_NE(st.message().find(std::to_string(vocab + 3)), std::string::npos) << st.ToString();
+  // The bad token's rows were read as a DEAD position: zeros.
+  auto out = ws->Output(*sid, 0);
+  ASSERT_TRUE(out.ok());
+  const std::size_t per_token = static_cast<std::size_t>(out->columns) * out->row_bytes;
+  Pinned<std::byte> rows(per_token);
+  ASSERT_EQ(cudaMemcpy(rows.p, out->rows + 3 * per_token, per_token, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_TRUE(std::all_of(rows.p, rows.p + per_token, [](std::byte x) { return x == std::byte{0}; }));
+  ASSERT_TRUE(ws->Finish(*sid).ok());
+  // Sequence b is failed until released; sequence a goes on.
+  const Status again = ws->Submit(std::vector<SequenceInput>{{b, good, {}}}).status();
+  EXPECT_EQ(again.code(), StatusCode::kInvalidArgument) << again.ToString();
+  EXPECT_EQ(ws->Fork(b).status().code(), StatusCode::kInvalidArgument);
+  auto next = ws->Submit(std::vector<SequenceInput>{{a, good, {}}});
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  for (int l = 0; l < ws->layout().num_layers(); ++l) {
+    ASSERT_TRUE(ws->Wait(*next, l, stream.s).ok());
+    ASSERT_TRUE(ws->Done(*next, l, stream.s).ok());
+    EXPECT_TRUE(ws->LayerStatus(*next, l).ok());
+  }
+  ASSERT_TRUE(ws->Release(b).ok());
+}
+
+TEST_F(WorkingSetTest, DeviceIdsNeedTheDevicePipelineAndRawIdsATokenMap) {
+  WorkingSetOptions staged;
+  staged.path = MissPath::kStaged;
+  auto ws = Make(nullptr, staged);
+  ASSERT_NE(ws, nullptr);
+  std::int32_t* d_ids = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_ids), 4), cudaSuccess);
+  Stream stream;
+  const SequenceId a = *ws->CreateSequence();
+  const std::vector<DeviceSequenceInput> batch = {{a, 1, {}}};
+  EXPECT_EQ(ws->SubmitDeviceIds(batch, d_ids, DeviceIds::kCompressed, stream.s).status().code(),
+            StatusCode::kFailedPrecondition);
+  WorkingSet* dws = DevicePipeline(WorkingSetOptions{}.cache_bytes);
+  ASSERT_NE(dws, nullptr);
+  const SequenceId b = *dws->CreateSequence();
+  const std::vector<DeviceSequenceInput> batch_b = {{b, 1, {}}};
+  const Status raw = dws->SubmitDeviceIds(batch_b, d_ids, DeviceIds::kRaw, stream.s).status();
+  EXPECT_EQ(raw.code(), StatusCode::kFailedPrecondition) << raw.ToString();  // this store keeps no token map
+  cudaFree(d_ids);
 }
 
 TEST_F(WorkingSetTest, DevicePipelineWithHbmRegionsMatches) {

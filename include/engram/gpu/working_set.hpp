@@ -111,6 +111,20 @@ struct WorkingSetOptions {
   prefetch::PrefetcherOptions prefetch;
 };
 
+// Which ids a step handed over in device memory carries (WorkingSet::SubmitDeviceIds).
+enum class DeviceIds : std::uint8_t {
+  kCompressed,  // compressed Engram ids: the token map already applied
+  kRaw,         // tokenizer ids, mapped on the device with the store's token map
+};
+
+// One sequence of a step whose ids are in device memory: its ids are the next `tokens` of the step's id
+// array (sequences back to back, in batch order).
+struct DeviceSequenceInput {
+  SequenceId sequence = 0;
+  std::int64_t tokens = 0;
+  std::span<const std::uint8_t> dead;  // host memory: empty, or one flag per token (non-zero: DEAD)
+};
+
 struct DeviceLayerOutput {
   std::int64_t tokens = 0;
   int columns = 0;
@@ -171,6 +185,21 @@ class WorkingSet {
 
   // Appends the batch and queues the step (at most max_tokens tokens). Steps are numbered 1, 2, 3, ...
   [[nodiscard]] Result<prefetch::StepId> Submit(std::span<const prefetch::SequenceInput> batch);
+  // Like Submit, for ids already on the device (an engine's sampled tokens): `ids` holds the step's new
+  // ids (device memory, sequences back to back in batch order), written by work enqueued on `producer`
+  // before this call. The step waits for that work on the device, never on the host; work enqueued on
+  // `producer` after this call (such as the next overwrite of `ids`) runs after the step has read them.
+  // Device pipeline only (kFailedPrecondition otherwise); kRaw needs a store with a token map.
+  //
+  // The host learns the ids through a small copy after the step's upload, and appends them to the
+  // sequences' history before the next call that needs it (any Submit, Fork, Rollback, Release, or
+  // LayerStatus of this step): that call first waits on the host for the copy, which in a decode loop
+  // finished long before. An id outside the token map, or a compressed id outside [0, V'), is read as a
+  // DEAD position on the device (its rows are zeros) and fails the step (LayerStatus: kInvalidArgument
+  // naming the sequence, position and id) and its sequence: later calls with that sequence return the
+  // same error until it is released. `producer` must not be capturing a CUDA graph.
+  [[nodiscard]] Result<prefetch::StepId> SubmitDeviceIds(std::span<const DeviceSequenceInput> batch,
+                                                         const std::int32_t* ids, DeviceIds kind, Stream producer);
   // Makes `stream` wait until the layer's output is on the device. Never blocks the host.
   // kFailedPrecondition if the previous step in the same slot was not Done for this layer.
   [[nodiscard]] Status Wait(prefetch::StepId step, int layer_index, Stream stream);

@@ -175,6 +175,9 @@ class Prefetcher {
   // and returns the step's hash windows, queuing no work: for a device side that hashes, looks up and
   // reads rows on its own (gpu::WorkingSet's device pipeline). No step id is used.
   [[nodiscard]] Result<StepWindows> Append(std::span<const SequenceInput> batch);
+  // The windows Append would return for `batch` (the same checks), appending nothing: for a device side
+  // that places the new ids itself (gpu::WorkingSet::SubmitDeviceIds) and appends them when it has them.
+  [[nodiscard]] Result<StepWindows> Windows(std::span<const SequenceInput> batch);
   // Blocks until the layer at `layer_index` of step `id` is ready; its error if it failed.
   [[nodiscard]] Status Wait(StepId id, int layer_index);
   // The layer's output (after a successful Wait); valid until Finish.
