@@ -184,7 +184,8 @@ double PlainGatherRowsPerS(const engram::memory::HostTier& host, const engram::L
     if (pos + shape.tokens > stride) pos = 0;
     for (int l = 0; l < layers; ++l) {
       const auto& r = rows[static_cast<std::size_t>(l)];
-      constexpr std::size_t kChunk = 4096;
+      // Chunks as the prefetcher cuts a resident layer: about four a thread, of at least 1,024 lookups.
+      const std::size_t kChunk = std::clamp<std::size_t>(per_step / (4 * (pool.size() + 1)), 1024, 49152);
       pool.ParallelFor((per_step + kChunk - 1) / kChunk, [&](std::size_t c) {
         for (std::size_t k = c * kChunk; k < std::min(per_step, (c + 1) * kChunk); ++k) {
           const std::size_t seq = k / (shape.tokens * cols);

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -34,10 +35,9 @@ struct Step {
   std::int64_t tokens = 0;
   std::vector<std::int64_t> rows;  // [layer][token][column], hashed by the worker layer by layer
   std::vector<std::uint8_t> dead;  // per token
-  // Per sequence of the batch: its hash window (history, then the new ids with DEAD applied) and the
-  // step position of its first new token.
-  std::vector<std::vector<std::int32_t>> windows;
-  std::vector<std::size_t> first_token;
+  // The sequences' hash windows (history, then the new ids with DEAD applied), back to back, and each
+  // sequence's first new token's step position (StepWindows: Prefetcher::Append's form).
+  StepWindows windows;
   memory::PooledBuffer buffer;
   std::size_t rows_bytes_per_layer = 0;
   std::size_t bf16_values_per_layer = 0;  // 0: no BF16 output
@@ -102,13 +102,15 @@ struct Prefetcher::Impl {
   Status CheckBatch(std::span<const SequenceInput> batch, std::size_t& tokens, bool& any_dead) const;
   // Appends a checked batch to its sequences (all or nothing) and writes each sequence's hash window,
   // its first token's step position and, if any_dead, the DEAD flags (dead sized to the step's tokens).
-  Status AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
-                     std::vector<std::vector<std::int32_t>>& windows, std::vector<std::size_t>& first_token,
+  Status AppendBatch(std::span<const SequenceInput> batch, std::size_t tokens, bool any_dead, StepWindows& windows,
                      std::vector<std::uint8_t>& dead, bool append = true);
   // Append's (append) or Windows' (no append) windows, flattened.
   Result<StepWindows> FlatWindows(std::span<const SequenceInput> batch, bool append);
-  // Row ids of one layer for every token of the step, from the sequences' windows.
-  void HashLayer(Step& step, int layer);
+  // Row ids of one layer for every token of the step, from the sequences' windows. `then(begin, end)`,
+  // if given, runs on the same thread right after the rows of positions [begin, end) are hashed.
+  // Tasks of about `task_tokens` tokens run in parallel.
+  void HashLayer(Step& step, int layer, const std::function<void(std::size_t, std::size_t)>& then = {},
+                 std::size_t task_tokens = 2048);
   // DEAD zeroing, dequantisation, statistics, and the layer's readiness.
   void FinishLayer(Step& step, int layer, std::size_t n, const std::int64_t* rows, const LayerStats& st, Status status);
   void ServeHint(const HintWork& h);
@@ -163,11 +165,12 @@ void Prefetcher::Impl::Run() {
   }
 }
 
-void Prefetcher::Impl::HashLayer(Step& step, int l) {
-  // Tasks of about kTokens tokens, hashed in parallel: a task is a list of segments (sequence, first
+void Prefetcher::Impl::HashLayer(Step& step, int l, const std::function<void(std::size_t, std::size_t)>& then,
+                                 std::size_t task_tokens) {
+  // Tasks of about task_tokens tokens, hashed in parallel: a task is a list of segments (sequence, first
   // token, count), so a long prefill is cut into several tasks and many one-token decode sequences share
   // one. A segment's window is the sequence's window from its first token minus the history.
-  constexpr std::size_t kTokens = 2048;
+  const std::size_t kTokens = std::max<std::size_t>(task_tokens, 1);
   struct Segment {
     std::size_t sequence, first, count;
   };
@@ -175,8 +178,9 @@ void Prefetcher::Impl::HashLayer(Step& step, int l) {
   const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
   std::vector<std::vector<Segment>> tasks(1);
   std::size_t in_task = 0;
-  for (std::size_t s = 0; s < step.windows.size(); ++s) {
-    const std::size_t tokens = step.windows[s].size() - hist;
+  const StepWindows& w = step.windows;
+  for (std::size_t s = 0; s + 1 < w.segment_begin.size(); ++s) {
+    const std::size_t tokens = w.segment_begin[s + 1] - w.segment_begin[s];
     for (std::size_t t = 0; t < tokens;) {
       if (in_task == kTokens) {
         tasks.emplace_back();
@@ -192,8 +196,10 @@ void Prefetcher::Impl::HashLayer(Step& step, int l) {
   const LayerHasher& h = hasher.layer(l);
   pool.ParallelFor(tasks.size(), [&](std::size_t i) {
     for (const Segment& g : tasks[i]) {
-      h.HashWindowUnchecked(step.windows[g.sequence].data() + g.first, g.count,
-                            rows + (step.first_token[g.sequence] + g.first) * cols);
+      const std::size_t begin = (w.segment_begin[g.sequence] + g.first) * cols;
+      h.HashWindowUnchecked(w.window.data() + w.segment_begin[g.sequence] + g.sequence * hist + g.first, g.count,
+                            rows + begin);
+      if (then) then(begin, begin + g.count * cols);
     }
   });
 }
@@ -203,32 +209,41 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
   const std::size_t row_bytes = layout.row_bytes();
   const auto n = static_cast<std::size_t>(step.tokens) * cols;
   LayerStats st;
-  auto t0 = Clock::now();
-  HashLayer(step, l);
-  st.hash_seconds = Seconds(Clock::now() - t0);
   const std::int64_t* rows = step.rows.data() + static_cast<std::size_t>(l) * n;
-  if (options.device != nullptr) {
-    ServeDeviceLayer(step, l, st);
-    return;
-  }
-  std::byte* out = step.RowsOut(l);
-  constexpr std::size_t kChunk = 4096;
-  // Every region of the layer resident: lookups are offsets; gather each position directly (no
-  // de-duplication needed: nothing is read twice from disk).
-  if (layer_resident[static_cast<std::size_t>(l)] != 0) {
-    t0 = Clock::now();
-    pool.ParallelFor((n + kChunk - 1) / kChunk, [&](std::size_t c) {
-      for (std::size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-        std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
-      }
-    });
-    st.gather_seconds = Seconds(Clock::now() - t0);
+  // Every region of the layer resident: lookups are offsets; each thread gathers the positions it has
+  // just hashed (no de-duplication needed: nothing is read twice from disk; no pass between).
+  if (options.device == nullptr && layer_resident[static_cast<std::size_t>(l)] != 0) {
+    std::byte* out = step.RowsOut(l);
+    const auto t0 = Clock::now();
+    // About four tasks a thread (threads finish unevenly), of at least ~1,000 lookups (smaller ones cost
+    // more to hand out than they take) and at most 2,048 tokens.
+    const std::size_t threads = pool.size() + 1;
+    const std::size_t task_tokens = std::clamp<std::size_t>(static_cast<std::size_t>(step.tokens) / (4 * threads),
+                                                            std::max<std::size_t>(1, 1024 / cols), 2048);
+    HashLayer(
+        step, l,
+        [&](std::size_t begin, std::size_t end) {
+          for (std::size_t i = begin; i < end; ++i) {
+            std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
+          }
+        },
+        task_tokens);
+    st.gather_seconds = Seconds(Clock::now() - t0);  // hashing included
     st.lookups = n;
     st.distinct = n;
     st.resident_hits = n;
     FinishLayer(step, l, n, rows, st, Status::Ok());
     return;
   }
+  auto t0 = Clock::now();
+  HashLayer(step, l);
+  st.hash_seconds = Seconds(Clock::now() - t0);
+  if (options.device != nullptr) {
+    ServeDeviceLayer(step, l, st);
+    return;
+  }
+  std::byte* out = step.RowsOut(l);
+  constexpr std::size_t kChunk = 4096;
   t0 = Clock::now();
   Distinct& d = distinct;
   Dedupe(step, rows, n, d);
@@ -647,38 +662,44 @@ Status Prefetcher::Impl::CheckBatch(std::span<const SequenceInput> batch, std::s
   return Status::Ok();
 }
 
-Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, bool any_dead,
-                                     std::vector<std::vector<std::int32_t>>& windows,
-                                     std::vector<std::size_t>& first_token, std::vector<std::uint8_t>& dead,
-                                     bool append) {
+Status Prefetcher::Impl::AppendBatch(std::span<const SequenceInput> batch, std::size_t tokens, bool any_dead,
+                                     StepWindows& windows, std::vector<std::uint8_t>& dead, bool append) {
   std::lock_guard<std::mutex> lock(seq_mu);
   // Every sequence must exist (and appear once) before any is changed.
   std::vector<Sequence*> seqs;
+  seqs.reserve(batch.size());
   for (const auto& in : batch) {
     ENGRAM_ASSIGN_OR_RETURN(Sequence * s, sequences.Get(in.sequence));
-    if (std::find(seqs.begin(), seqs.end(), s) != seqs.end()) {
-      return Status::InvalidArgument(fmt::format("step: sequence {} appears twice", in.sequence));
-    }
     seqs.push_back(s);
   }
-  std::size_t t0 = 0;
+  if (batch.size() > 1) {
+    std::vector<SequenceId> ids(batch.size());
+    for (std::size_t b = 0; b < batch.size(); ++b) ids[b] = batch[b].sequence;
+    std::sort(ids.begin(), ids.end());
+    if (auto twice = std::adjacent_find(ids.begin(), ids.end()); twice != ids.end()) {
+      return Status::InvalidArgument(fmt::format("step: sequence {} appears twice", *twice));
+    }
+  }
   const auto hist = static_cast<std::size_t>(layout.max_ngram() - 1);
+  windows.window.resize(tokens + batch.size() * hist);
+  windows.segment_begin.resize(batch.size() + 1);
+  std::size_t t0 = 0;
   for (std::size_t b = 0; b < batch.size(); ++b) {
     const auto& in = batch[b];
-    std::vector<std::int32_t> w(hist + in.tokens.size());
-    seqs[b]->History(std::span(w).first(hist));
+    std::int32_t* w = windows.window.data() + t0 + b * hist;
+    seqs[b]->History(std::span(w, hist));
     for (std::size_t i = 0; i < in.tokens.size(); ++i) {
       w[hist + i] = (!in.dead.empty() && in.dead[i] != 0) ? kDeadId : in.tokens[i];
     }
     // Ids were checked (CheckBatch), so this cannot fail part way through the batch.
     if (append) ENGRAM_RETURN_IF_ERROR(seqs[b]->Append(in.tokens, in.dead));
-    windows.push_back(std::move(w));
-    first_token.push_back(t0);
+    windows.segment_begin[b] = static_cast<std::uint32_t>(t0);
     if (any_dead) {
       for (std::size_t t = 0; t < in.dead.size(); ++t) dead[t0 + t] = in.dead[t];
     }
     t0 += in.tokens.size();
   }
+  windows.segment_begin[batch.size()] = static_cast<std::uint32_t>(t0);
   return Status::Ok();
 }
 
@@ -694,18 +715,9 @@ Result<StepWindows> Prefetcher::Impl::FlatWindows(std::span<const SequenceInput>
   std::size_t tokens = 0;
   bool any_dead = false;
   ENGRAM_RETURN_IF_ERROR(CheckBatch(batch, tokens, any_dead));
-  std::vector<std::vector<std::int32_t>> windows;
-  std::vector<std::size_t> first_token;
-  std::vector<std::uint8_t> dead;
-  ENGRAM_RETURN_IF_ERROR(AppendBatch(batch, false, windows, first_token, dead, append));
   StepWindows out;
-  out.window.reserve(tokens + windows.size() * static_cast<std::size_t>(layout.max_ngram() - 1));
-  out.segment_begin.reserve(windows.size() + 1);
-  for (std::size_t s = 0; s < windows.size(); ++s) {
-    out.segment_begin.push_back(static_cast<std::uint32_t>(first_token[s]));
-    out.window.insert(out.window.end(), windows[s].begin(), windows[s].end());
-  }
-  out.segment_begin.push_back(static_cast<std::uint32_t>(tokens));
+  std::vector<std::uint8_t> dead;
+  ENGRAM_RETURN_IF_ERROR(AppendBatch(batch, tokens, false, out, dead, append));
   return out;
 }
 
@@ -729,7 +741,7 @@ Result<StepId> Prefetcher::Submit(std::span<const SequenceInput> batch) {
       im.staging->Acquire(bytes, im.options.staging_timeout).WithContext(fmt::format("step of {} tokens", tokens)));
   step->rows.resize(layers * tokens * cols);
   if (any_dead) step->dead.assign(tokens, 0);
-  ENGRAM_RETURN_IF_ERROR(im.AppendBatch(batch, any_dead, step->windows, step->first_token, step->dead));
+  ENGRAM_RETURN_IF_ERROR(im.AppendBatch(batch, tokens, any_dead, step->windows, step->dead));
   step->status.resize(layers);
   step->ready.assign(layers, 0);
   step->submitted = Clock::now();

@@ -256,6 +256,23 @@ TEST(Prefetcher, AppendOfABadBatchAppendsNothing) {
   }
 }
 
+TEST(Prefetcher, ASequenceTwiceInOneStepIsRefusedAndNothingIsAppended) {
+  auto f = MakeStore();
+  auto p = Prefetcher::Create(*f->store, f->version, nullptr);
+  ASSERT_TRUE(p.ok());
+  const SequenceId a = *(*p)->CreateSequence();
+  const SequenceId b = *(*p)->CreateSequence();
+  const std::vector<std::int32_t> t = {1, 2, 3};
+  const Status s = (*p)->Submit(std::vector<SequenceInput>{{a, t, {}}, {b, t, {}}, {a, t, {}}}).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_NE(s.message().find("sequence " + std::to_string(a) + " appears twice"), std::string::npos) << s.ToString();
+  auto w = (*p)->Windows(std::vector<SequenceInput>{{b, t, {}}});
+  ASSERT_TRUE(w.ok());
+  for (int i = 0; i < f->store->layout().max_ngram() - 1; ++i) {
+    EXPECT_EQ(w->window[static_cast<std::size_t>(i)], f->store->layout().pad_id()) << i;  // b still empty
+  }
+}
+
 TEST(Prefetcher, WindowsAreAppendsWindowsAndAppendNothing) {
   auto f = MakeStore();
   auto p = Prefetcher::Create(*f->store, f->version, nullptr);

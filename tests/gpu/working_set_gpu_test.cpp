@@ -265,12 +265,14 @@ class WorkingSetTest : public ::testing::Test {
     return ws_.get();
   }
 
+  // Destroyed in reverse order: the working set, then the host tier (which unregisters its memory through
+  // the registrar), then the registrar and the store.
+  std::unique_ptr<memory::HostRegistrar> registrar_;
   std::unique_ptr<Fixture> f_;
-  std::unique_ptr<memory::HostTier> host_;
-  std::unique_ptr<WorkingSet> ws_;
   std::vector<StepInput> steps_;
   std::vector<std::vector<LayerBytes>> expect_;
-  std::unique_ptr<memory::HostRegistrar> registrar_;
+  std::unique_ptr<memory::HostTier> host_;
+  std::unique_ptr<WorkingSet> ws_;
 };
 
 TEST_F(WorkingSetTest, StagedPathWithoutCacheMatchesTheCpuBackend) {

@@ -132,7 +132,9 @@ struct LayerStats {
                                     // call; includes any other reader of the same store at that moment)
   std::uint64_t disk_bytes = 0;     // bytes they read
   std::uint64_t failed_steps = 0;
-  double hash_seconds = 0;    // hashing the layer's row ids (on gather_threads threads)
+  double hash_seconds = 0;    // hashing the layer's row ids (on gather_threads threads); 0 for a layer whose
+                              // regions are all resident: each thread gathers the rows it has just hashed,
+                              // and both are counted in gather_seconds
   double lookup_seconds = 0;  // de-duplication, host tier lookups and the device sink's plan
   double gather_seconds = 0;  // copying rows into staging (and DEAD zeroing, BF16 on the host)
   double disk_seconds = 0;    // time in store reads
