@@ -323,9 +323,9 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::optional<PendingIds> pending_ids;
   std::map<SequenceId, Status> failed_sequences;  // a bad device id reached them; under submit_mu
   std::map<StepId, Status> step_errors;           // device-ids steps that failed; under mu
-  // Appends the pending step's ids (waiting for their copy); a bad id fails its sequence and the step.
-  // Errors of the ids are recorded, not returned; a CUDA error is returned. submit_mu held.
-  Status AppendPendingIds();
+  // Appends the pending step's ids (waiting for their copy). A bad id, or a copy that failed, is recorded
+  // as the step's error and its sequences' (failed_sequences, step_errors), not returned. submit_mu held.
+  void AppendPendingIds();
   // The sequence's recorded failure, if any. submit_mu held.
   Status SequenceUsable(SequenceId id) const {
     auto it = failed_sequences.find(id);
@@ -1187,8 +1187,8 @@ void WorkingSet::Impl::Failed(StepId step, int l, const Status& status) {
   (void)status;
 }
 
-Status WorkingSet::Impl::AppendPendingIds() {
-  if (!pending_ids) return Status::Ok();
+void WorkingSet::Impl::AppendPendingIds() {
+  if (!pending_ids) return;
   PendingIds p = std::move(*pending_ids);
   pending_ids.reset();
   const cudaError_t e = cudaEventSynchronize(ids_copied[p.slot]);
@@ -1239,7 +1239,6 @@ Status WorkingSet::Impl::AppendPendingIds() {
     // Keep the recent steps' errors only (LayerStatus asks about steps in flight).
     while (step_errors.size() > kErrorRing) step_errors.erase(step_errors.begin());
   }
-  return Status::Ok();
 }
 
 Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::SequenceInput> batch,
@@ -1249,7 +1248,7 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
                                    " sequences is over max_tokens " + std::to_string(opt.max_tokens));
   }
   std::lock_guard<std::mutex> submit(submit_mu);
-  ENGRAM_RETURN_IF_ERROR(AppendPendingIds());
+  AppendPendingIds();
   for (const auto& in : batch) ENGRAM_RETURN_IF_ERROR(SequenceUsable(in.sequence));
   // Ids on the device: the windows around placeholders, appended once the host has the ids.
   ENGRAM_ASSIGN_OR_RETURN(prefetch::StepWindows w,
@@ -1521,21 +1520,21 @@ Result<SequenceId> WorkingSet::CreateSequence() {
 Result<SequenceId> WorkingSet::Fork(SequenceId parent) {
   Impl& im = *impl_;
   std::lock_guard<std::mutex> lock(im.submit_mu);
-  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  im.AppendPendingIds();
   ENGRAM_RETURN_IF_ERROR(im.SequenceUsable(parent));
   return im.prefetcher->Fork(parent);
 }
 Status WorkingSet::Release(SequenceId id) {
   Impl& im = *impl_;
   std::lock_guard<std::mutex> lock(im.submit_mu);
-  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  im.AppendPendingIds();
   im.failed_sequences.erase(id);
   return im.prefetcher->Release(id);
 }
 Status WorkingSet::Rollback(SequenceId id, std::int64_t k) {
   Impl& im = *impl_;
   std::lock_guard<std::mutex> lock(im.submit_mu);
-  ENGRAM_RETURN_IF_ERROR(im.AppendPendingIds());
+  im.AppendPendingIds();
   ENGRAM_RETURN_IF_ERROR(im.SequenceUsable(id));
   return im.prefetcher->Rollback(id, k);
 }
@@ -1691,7 +1690,7 @@ Status WorkingSet::LayerStatus(StepId step, int l) {
   if (impl_->device()) {
     {
       std::lock_guard<std::mutex> lock(impl_->submit_mu);
-      if (impl_->pending_ids && impl_->pending_ids->step == step) ENGRAM_RETURN_IF_ERROR(impl_->AppendPendingIds());
+      if (impl_->pending_ids && impl_->pending_ids->step == step) impl_->AppendPendingIds();
     }
     std::lock_guard<std::mutex> lock(impl_->mu);
     if (auto it = impl_->step_errors.find(step); it != impl_->step_errors.end()) return it->second;

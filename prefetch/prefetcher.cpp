@@ -170,7 +170,7 @@ void Prefetcher::Impl::HashLayer(Step& step, int l, const std::function<void(std
   // Tasks of about task_tokens tokens, hashed in parallel: a task is a list of segments (sequence, first
   // token, count), so a long prefill is cut into several tasks and many one-token decode sequences share
   // one. A segment's window is the sequence's window from its first token minus the history.
-  const std::size_t kTokens = std::max<std::size_t>(task_tokens, 1);
+  const std::size_t per_task = std::max<std::size_t>(task_tokens, 1);
   struct Segment {
     std::size_t sequence, first, count;
   };
@@ -182,11 +182,11 @@ void Prefetcher::Impl::HashLayer(Step& step, int l, const std::function<void(std
   for (std::size_t s = 0; s + 1 < w.segment_begin.size(); ++s) {
     const std::size_t tokens = w.segment_begin[s + 1] - w.segment_begin[s];
     for (std::size_t t = 0; t < tokens;) {
-      if (in_task == kTokens) {
+      if (in_task == per_task) {
         tasks.emplace_back();
         in_task = 0;
       }
-      const std::size_t count = std::min(tokens - t, kTokens - in_task);
+      const std::size_t count = std::min(tokens - t, per_task - in_task);
       tasks.back().push_back({s, t, count});
       in_task += count;
       t += count;
