@@ -84,8 +84,11 @@ Result<MemOps> LoadMemOps() {
 
 // One call for several waits (value == 0) or writes (value 1) of 32-bit flags.
 Status FlagOps(const MemOps& m, cudaStream_t stream, std::span<const CUdeviceptr> flags, bool write) {
-  std::array<CUstreamBatchMemOpParams, 8> ops{};
-  if (flags.size() > ops.size()) return Status::Internal("working set: more than 8 flags in one batch");
+  std::array<CUstreamBatchMemOpParams, kernels::kMaxFusedLayers> ops{};  // a fused group's layers at most
+  if (flags.size() > ops.size()) {
+    return Status::Internal("working set: " + std::to_string(flags.size()) + " flags in one batch, over " +
+                            std::to_string(ops.size()));
+  }
   for (std::size_t k = 0; k < flags.size(); ++k) {
     if (write) {
       ops[k].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;

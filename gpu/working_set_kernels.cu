@@ -216,6 +216,15 @@ __device__ __forceinline__ std::int64_t HashRow(const DeviceHashParams& h, const
   return engram::detail::RegionRow(mix, h.regions[c]);
 }
 
+// Lookup i's row in its layer (token i / columns, column i % columns), hashed from its window; -1 for a
+// DEAD position.
+__device__ __forceinline__ std::int64_t LookupRow(const ResolveArgs& a, std::uint64_t i) {
+  const std::uint64_t t = i / a.num_columns;
+  const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
+  const std::int32_t* x = a.window + a.token_pos[t];
+  return *x >= 0 ? HashRow(a.hash, x, static_cast<int>(a.columns[c].order), c) : -1;
+}
+
 // Element `j` (8 bytes) of a row held by a half-warp as 8-byte elements (lane half * 16 + m has elements
 // m, m + 16, m + 32, m + 48); every lane of the warp must call it.
 __device__ __forceinline__ std::uint64_t HalfElemOf(const std::uint64_t (&e)[4], std::uint32_t j, unsigned half) {
@@ -355,13 +364,14 @@ __global__ void __launch_bounds__(kThreads) ResolveKernel(ResolveBatch batch) {
         sorted = __shfl_sync(0xFFFFFFFFU, my_row, from);
       }
       if (active) {
-        const std::uint64_t t = i / a.num_columns;
-        const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
-        const std::int32_t* x = a.sorted_index != nullptr ? nullptr : a.window + a.token_pos[t];
-        if (x == nullptr ? sorted != a.sorted_dead : *x >= 0) {
+        const auto c = static_cast<std::uint32_t>(i % a.num_columns);
+        if (a.sorted_index == nullptr) {
+          row = LookupRow(a, i);
+        } else {
+          row = sorted != a.sorted_dead ? static_cast<std::int64_t>(sorted) : -1;
+        }
+        if (row >= 0) {
           const ColumnSource cs = a.columns[c];
-          row = a.sorted_index != nullptr ? static_cast<std::int64_t>(sorted)
-                                          : HashRow(a.hash, x, static_cast<int>(cs.order), c);
           src = SourceOf(cs, row, a.out.row_bytes);
           kind = cs.cached != 0 ? 1 : 2;
           if (cs.cached != 0 && a.cache.sets != 0) {
@@ -430,10 +440,8 @@ __global__ void PlaceIdsKernel(const std::int32_t* ids, std::uint64_t n, const s
 __global__ void HashLookupsKernel(ResolveArgs a, std::uint64_t dead, std::uint64_t* keys, std::uint32_t* vals) {
   for (std::uint64_t i = blockIdx.x * static_cast<std::uint64_t>(blockDim.x) + threadIdx.x; i < a.out.n;
        i += static_cast<std::uint64_t>(gridDim.x) * blockDim.x) {
-    const std::uint64_t t = i / a.num_columns;
-    const auto c = static_cast<std::uint32_t>(i - t * a.num_columns);
-    const std::int32_t* x = a.window + a.token_pos[t];
-    keys[i] = *x >= 0 ? static_cast<std::uint64_t>(HashRow(a.hash, x, static_cast<int>(a.columns[c].order), c)) : dead;
+    const std::int64_t row = LookupRow(a, i);
+    keys[i] = row >= 0 ? static_cast<std::uint64_t>(row) : dead;
     vals[i] = static_cast<std::uint32_t>(i);
   }
 }
