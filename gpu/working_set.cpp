@@ -932,7 +932,10 @@ Result<StepEvents*> WorkingSet::Impl::EventsFor(StepId step) {
     e = std::make_unique<StepEvents>();
     for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
       v->assign(static_cast<std::size_t>(layers), nullptr);
-      for (auto& ev : *v) ENGRAM_CUDA_RETURN(cudaEventCreate(&ev));
+      for (auto& ev : *v) {
+        ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(
+            &ev, opt.device_timing == DeviceTiming::kOn ? cudaEventDefault : cudaEventDisableTiming));
+      }
     }
   }
   StepEvents* raw = e.get();
@@ -1396,7 +1399,8 @@ void WorkingSet::Impl::RunFinisher() {
       cudaEventSynchronize(ev->copied[static_cast<std::size_t>(layers - 1)]);
       if (!device()) (void)prefetcher->Finish(step);
       cudaEventSynchronize(ev->done[static_cast<std::size_t>(layers - 1)]);
-      for (std::size_t l = 0; l < static_cast<std::size_t>(layers); ++l) {
+      const bool timed = opt.device_timing == DeviceTiming::kOn;
+      for (std::size_t l = 0; timed && l < static_cast<std::size_t>(layers); ++l) {
         float a = 0, b = 0;
         // The device pipeline's uploads overlap the steps before them and are not timed; its sorts are.
         if ((!device() || ev->sorted) && cudaEventElapsedTime(&a, ev->start[l], ev->copied[l]) == cudaSuccess) {

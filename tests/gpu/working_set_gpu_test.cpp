@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <thread>
 
 #include "../store_util.hpp"
 #include "engram/gpu/device.hpp"
@@ -874,6 +876,36 @@ TEST_F(WorkingSetTest, AnOddSortedLookupsPerWarpIsRefused) {
   ASSERT_FALSE(ws.ok());
   EXPECT_EQ(ws.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(ws.status().message().find("sorted_lookups_per_warp"), std::string::npos) << ws.status().ToString();
+}
+
+TEST_F(WorkingSetTest, DeviceTimingFillsTheDeviceTimesOnlyWhenOn) {
+  auto host = ResidentTier();
+  for (const DeviceTiming timing : {DeviceTiming::kOn, DeviceTiming::kOff}) {
+    WorkingSetOptions o;
+    o.path = MissPath::kDevice;
+    o.fuse_lookups = 0;
+    o.sort_lookups_from = 1;  // every layer sorted: its sort is timed too
+    o.device_timing = timing;
+    auto ws = Make(host.get(), o);
+    ASSERT_NE(ws, nullptr);
+    RunAndCompare(*ws, {steps_.begin(), steps_.begin() + 4}, {expect_.begin(), expect_.begin() + 4});
+    ASSERT_TRUE(ws->Synchronize().ok());
+    // The finisher thread accounts a step's device times once it is finished and done: wait for all four.
+    WorkingSetStats st = ws->stats();
+    for (int i = 0; i < 500 && timing == DeviceTiming::kOn && (st.assemble_seconds == 0 || st.sort_seconds == 0); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      st = ws->stats();
+    }
+    if (timing == DeviceTiming::kOn) {
+      EXPECT_GT(st.assemble_seconds, 0.0);
+      EXPECT_GT(st.sort_seconds, 0.0);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      st = ws->stats();
+      EXPECT_EQ(st.assemble_seconds, 0.0);
+      EXPECT_EQ(st.sort_seconds, 0.0);
+    }
+  }
 }
 
 TEST_F(WorkingSetTest, TheDevicePipelineKeepsNoPinnedStaging) {

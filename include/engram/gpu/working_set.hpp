@@ -57,6 +57,14 @@ enum class MissPath : std::uint8_t {
 
 [[nodiscard]] const char* MissPathName(MissPath p) noexcept;
 
+// Whether each step's device work is timed (WorkingSetStats::copy_seconds, assemble_seconds,
+// sort_seconds). Timing events cost the device time: on the H100, a decode step of 64 sequences with
+// 256 B rows took ~8 us longer with them (51-54 against 58-59 M lookups/s, docs/benchmarks.md).
+enum class DeviceTiming : std::uint8_t {
+  kOff,  // those statistics stay 0
+  kOn,
+};
+
 struct WorkingSetOptions {
   // Bytes of GPU memory for the HBM row cache: row slots plus its directory (8 B per slot and a device
   // hash table of 2-4 x 12 B per slot, for device-side lookups; with kDevice, 24 B of key and state per
@@ -97,6 +105,8 @@ struct WorkingSetOptions {
   // keep more warps in flight. 0: as many as leave ~32 warps for each SM, between 2 and 16 (H100, every
   // row an HBM hit: decode B=256 at 16 a warp ran 96 blocks on 132 SMs). Default: 0.
   std::uint32_t sorted_lookups_per_warp = 0;
+  // Default: kOff.
+  DeviceTiming device_timing = DeviceTiming::kOff;
   // Outputs to produce. rows: [T, H, row_bytes]; bf16: [T, H * dim] for FP8 rows. Defaults: both.
   bool rows_output = true;
   bool bf16_output = true;
@@ -157,11 +167,12 @@ struct WorkingSetStats {
   std::uint64_t table_rebuilds = 0;  // device hash table compactions
   std::uint64_t layers = 0;          // layer outputs produced
   std::uint64_t failed_layers = 0;
-  double copy_seconds = 0;      // device time of host -> device copies (events; finished steps); kDevice:
-                                // not timed (the upload overlaps the step before)
-  double assemble_seconds = 0;  // device time of assembly, dequantisation and cache fills; kDevice: of the
-                                // resolve kernels (admission runs after the layer is released)
-  double sort_seconds = 0;      // kDevice: device time of hashing and sorting large layers by row
+  // Device times, with device_timing kOn (else 0):
+  double copy_seconds = 0;      // host -> device copies (events; finished steps); kDevice: not timed (the
+                                // upload overlaps the step before)
+  double assemble_seconds = 0;  // assembly, dequantisation and cache fills; kDevice: the resolve kernels
+                                // (admission runs after the layer is released)
+  double sort_seconds = 0;      // kDevice: hashing and sorting large layers by row
   prefetch::PrefetchStats host;
 };
 
