@@ -1352,16 +1352,18 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     }
     // A large layer reads its rows in address order: hashed and sorted before its output slot is free
     // (timed between the step's start and copied events of the layer, which the device path has spare).
+    // The timing events only when timed (each is a stream operation of its own).
+    const bool timed = opt.device_timing == DeviceTiming::kOn;
     if (Sort(n)) {
-      ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[static_cast<std::size_t>(l0)], copy));
+      if (timed) ENGRAM_CUDA_RETURN(cudaEventRecord(ev->start[static_cast<std::size_t>(l0)], copy));
       ENGRAM_RETURN_IF_ERROR(
           kernels::LaunchSortLookups(group_args.layer[0], sort_buffers, opt.sorted_lookups_per_warp, copy));
-      ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[static_cast<std::size_t>(l0)], copy));
+      if (timed) ENGRAM_CUDA_RETURN(cudaEventRecord(ev->copied[static_cast<std::size_t>(l0)], copy));
     }
     ev->sorted = Sort(n);
     const std::span<const CUdeviceptr> gf(group_flags.data(), static_cast<std::size_t>(group));
     ENGRAM_RETURN_IF_ERROR(FlagOps(memops, copy, gf, false));
-    ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));
+    if (timed) ENGRAM_CUDA_RETURN(cudaEventRecord(ev->flagged[static_cast<std::size_t>(l0)], copy));
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchResolve(group_args, copy));
     // One completion event per group: a fused step's layers are ready together (DoneEvent).
     ENGRAM_CUDA_RETURN(cudaEventRecord(ev->done[static_cast<std::size_t>(l0 + group - 1)], copy));
