@@ -1575,6 +1575,14 @@ Result<StepId> WorkingSet::SubmitDeviceIds(std::span<const DeviceSequenceInput> 
         "working set: raw device ids need the store's token map, and this store has none; hand over compressed ids");
   }
   if (ids == nullptr) return Status::InvalidArgument("working set: SubmitDeviceIds: ids is null");
+  // The step's upload stream waits on an event recorded on `producer`: that cannot be an event of a
+  // graph being captured.
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  ENGRAM_CUDA_RETURN(cudaStreamIsCapturing(producer, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) {
+    return Status::FailedPrecondition(
+        "working set: SubmitDeviceIds: the producer stream is capturing a CUDA graph; submit outside the capture");
+  }
   std::int64_t tokens = 0;
   for (const auto& in : batch) {
     if (in.tokens <= 0 || (!in.dead.empty() && in.dead.size() != static_cast<std::size_t>(in.tokens))) {

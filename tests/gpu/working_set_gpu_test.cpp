@@ -751,7 +751,7 @@ TEST_F(WorkingSetTest, ABadDeviceIdFailsItsStepAndItsSequenceOnly) {
   ASSERT_TRUE(ws->Release(b).ok());
 }
 
-TEST_F(WorkingSetTest, DeviceIdsNeedTheDevicePipelineAndRawIdsATokenMap) {
+TEST_F(WorkingSetTest, DeviceIdsNeedTheDevicePipelineAnUncapturedProducerAndForRawIdsATokenMap) {
   WorkingSetOptions staged;
   staged.path = MissPath::kStaged;
   auto ws = Make(nullptr, staged);
@@ -769,6 +769,14 @@ TEST_F(WorkingSetTest, DeviceIdsNeedTheDevicePipelineAndRawIdsATokenMap) {
   const std::vector<DeviceSequenceInput> batch_b = {{b, 1, {}}};
   const Status raw = dws->SubmitDeviceIds(batch_b, d_ids, DeviceIds::kRaw, stream.s).status();
   EXPECT_EQ(raw.code(), StatusCode::kFailedPrecondition) << raw.ToString();  // this store keeps no token map
+  // A producer capturing a graph.
+  ASSERT_EQ(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  const Status captured = dws->SubmitDeviceIds(batch_b, d_ids, DeviceIds::kCompressed, stream.s).status();
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(stream.s, &graph), cudaSuccess);
+  cudaGraphDestroy(graph);
+  EXPECT_EQ(captured.code(), StatusCode::kFailedPrecondition) << captured.ToString();
+  EXPECT_NE(captured.message().find("capturing"), std::string::npos) << captured.ToString();
   cudaFree(d_ids);
 }
 

@@ -208,7 +208,8 @@ class WorkingSet {
   // finished long before. An id outside the token map, or a compressed id outside [0, V'), is read as a
   // DEAD position on the device (its rows are zeros) and fails the step (LayerStatus: kInvalidArgument
   // naming the sequence, position and id) and its sequence: later calls with that sequence return the
-  // same error until it is released. `producer` must not be capturing a CUDA graph.
+  // same error until it is released. A `producer` that is capturing a CUDA graph is refused
+  // (kFailedPrecondition).
   [[nodiscard]] Result<prefetch::StepId> SubmitDeviceIds(std::span<const DeviceSequenceInput> batch,
                                                          const std::int32_t* ids, DeviceIds kind, Stream producer);
   // Makes `stream` wait until the layer's output is on the device. Never blocks the host.
