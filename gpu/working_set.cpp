@@ -1301,16 +1301,6 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     ENGRAM_CUDA_RETURN(cudaMemcpyAsync(ids_host[slot], dev_ids->ids, tokens * 4, cudaMemcpyDeviceToHost, upload));
     ENGRAM_CUDA_RETURN(cudaEventRecord(ids_copied[slot], upload));
     ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(dev_ids->producer, ids_copied[slot], 0));
-    PendingIds p;
-    p.step = step;
-    p.slot = slot;
-    p.kind = dev_ids->kind;
-    for (const auto& in : batch) {
-      p.sequences.push_back(in.sequence);
-      p.tokens.push_back(static_cast<std::int64_t>(in.tokens.size()));
-      p.dead.emplace_back(in.dead.begin(), in.dead.end());
-    }
-    pending_ids = std::move(p);
   }
   ENGRAM_CUDA_RETURN(cudaEventRecord(up_free[slot], upload));
   ENGRAM_CUDA_RETURN(cudaStreamWaitEvent(copy, up_free[slot], 0));
@@ -1374,6 +1364,19 @@ Result<StepId> WorkingSet::Impl::SubmitDevice(std::span<const prefetch::Sequence
     ENGRAM_RETURN_IF_ERROR(kernels::LaunchAdmit(group_args, n, copy));
   }
   ENGRAM_CUDA_RETURN(cudaEventRecord(up_used[slot], copy));
+  if (dev_ids != nullptr) {
+    // Only a step enqueued whole appends its ids later; one that failed above appends nothing.
+    PendingIds p;
+    p.step = step;
+    p.slot = slot;
+    p.kind = dev_ids->kind;
+    for (const auto& in : batch) {
+      p.sequences.push_back(in.sequence);
+      p.tokens.push_back(static_cast<std::int64_t>(in.tokens.size()));
+      p.dead.emplace_back(in.dead.begin(), in.dead.end());
+    }
+    pending_ids = std::move(p);
+  }
   std::lock_guard<std::mutex> lock(mu);
   st.layers += static_cast<std::uint64_t>(layers);
   st.staged_bytes += (w.window.size() + tokens) * 4;
