@@ -223,8 +223,19 @@ void Prefetcher::Impl::ServeLayer(Step& step, int l) {
     HashLayer(
         step, l,
         [&](std::size_t begin, std::size_t end) {
+          // Each row's cache lines are asked for kAhead rows before it is copied, so that the rows' memory
+          // latencies overlap instead of adding up (every row is a miss in a table of gigabytes); no
+          // further ahead, or a long task's prefetched lines would be evicted before their copy.
+          constexpr std::size_t kAhead = 16;
+          auto src = [&](std::size_t i) { return host->ResidentRow(l, static_cast<int>(i % cols), rows[i]); };
+          auto prefetch = [&](std::size_t i) {
+            const std::byte* p = src(i);
+            for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b);
+          };
+          for (std::size_t i = begin; i < std::min(end, begin + kAhead); ++i) prefetch(i);
           for (std::size_t i = begin; i < end; ++i) {
-            std::memcpy(out + i * row_bytes, host->ResidentRow(l, static_cast<int>(i % cols), rows[i]), row_bytes);
+            if (i + kAhead < end) prefetch(i + kAhead);
+            std::memcpy(out + i * row_bytes, src(i), row_bytes);
           }
         },
         task_tokens);
