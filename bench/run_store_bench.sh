@@ -3,6 +3,8 @@
 #   1. a synthetic V4.1-format checkpoint at --scale (default 0.01: ~1.9 GiB of rows)
 #   2. sequential write baseline: fio writing the same number of bytes (O_DIRECT, fsync at the end)
 #   3. engram ingest of the checkpoint (page cache dropped first when this user may), rate vs the baseline
+#      and vs fio reading a checkpoint shard and writing a file at the same time (the ingest's own pattern
+#      on a disk that holds both: what the disk moves in total when it reads and writes at once)
 #   4. bench_store: random row reads through the store on real-trace batches vs a flat file at the same QD
 #   5. fio random 4 KiB reads (io_uring, O_DIRECT) of that flat file at each queue depth, and the ratio
 #
@@ -58,6 +60,21 @@ else
   echo "$out"
   rate=$(echo "$out" | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
   python3 -c "print(f'ingest / sequential write = {$rate / $seqw:.2f} (target >= 0.50)')"
+  shard=$(ls -S "$dir"/ck/*.safetensors | head -1)
+  echo "== read and write at once: fio reading $(basename "$shard") and writing a file, 1 MiB blocks, O_DIRECT, QD 8 each, 5 s"
+  $fio --output-format=json --direct=1 --ioengine=io_uring --bs=1M --iodepth=8 --time_based --runtime=5 \
+    --name=r --filename="$shard" --rw=read --name=w --filename="$dir/seqw.bin" --rw=write --size="${mib}M" \
+    >"$dir/fio-rw.json"
+  rm -f "$dir/seqw.bin"
+  python3 - "$dir/fio-rw.json" "$rate" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"]
+r = j[0]["read"]["bw_bytes"] / 1048576
+w = j[1]["write"]["bw_bytes"] / 1048576
+rate = float(sys.argv[2])
+print(f"fio at once: read {r:.0f} MiB/s + write {w:.0f} MiB/s = {r + w:.0f} MiB/s moved")
+print(f"ingest moves {2 * rate:.0f} MiB/s (reads and writes each byte once) = {2 * rate / (r + w):.0%} of that")
+PY
 fi
 
 qds=$(python3 -c "
@@ -72,7 +89,7 @@ for round in $(seq 1 "$repeats"); do
       --csv "$dir/store-$round-$c.csv" | grep -v '^ \|^(' | grep -v '^batches' || true
     if [[ $c == d* ]]; then qd=${c#d}; else qd=$((${c%x*} * ${c#*x})); fi
     $fio --name=rr --filename="$dir/flat.bin" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
-      --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr-$round-$c.json"
+      --time_based --runtime="$(python3 -c "print(max(1, round($seconds * 1000)))")ms" --output-format=json >"$dir/fio-rr-$round-$c.json"
     python3 - "$dir/store-$round-$c.csv" "$dir/fio-rr-$round-$c.json" "$c" "$qd" <<'PY'
 import csv, json, sys
 row = next(x for x in csv.DictReader(open(sys.argv[1])) if x["source"].startswith("decode"))

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -219,6 +220,32 @@ TEST(CliProgress, ShownOnATerminalOnly) {
   ASSERT_EQ(std::system(quiet.c_str()), 0);
   // (a terminal turns "\n" into "\r\n": look for the progress line itself)
   EXPECT_EQ(Slurp(dir.File("q.txt")).find("\rsynth "), std::string::npos);
+}
+
+}  // namespace
+}  // namespace engram
+
+namespace engram {
+namespace {
+
+TEST(CliIngest, ZeroThreadsIsRefusedAndWritesNothing) {
+  test::TempDir dir;
+  ASSERT_EQ(RunCli(dir, "synth --layout engram-demo --scale 0.001 --quiet --out " + dir.File("ck")).code, 0);
+  auto r = RunCli(dir, "ingest --layout " + dir.File("ck/layout.json") + " --checkpoint " + dir.File("ck") +
+                           " --store " + dir.File("st") + " --quiet --threads 0");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--threads 0"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.File("st")));
+}
+
+TEST(CliIngest, OneThreadIngestsAStoreThatVerifies) {
+  test::TempDir dir;
+  ASSERT_EQ(RunCli(dir, "synth --layout engram-demo --scale 0.001 --quiet --out " + dir.File("ck")).code, 0);
+  auto r = RunCli(dir, "ingest --layout " + dir.File("ck/layout.json") + " --checkpoint " + dir.File("ck") +
+                           " --store " + dir.File("st") + " --quiet --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto v = RunCli(dir, "verify --quiet --store " + dir.File("st"));
+  EXPECT_EQ(v.code, 0) << v.out << v.err;
 }
 
 }  // namespace

@@ -22,6 +22,7 @@ struct StoreArgs {
   std::string token_map;
   std::string io = "uring";
   std::uint32_t rows_per_key = 0;
+  std::uint32_t ingest_threads = store::StoreOptions{}.ingest_threads;
   std::uint64_t version = 0;
   bool quiet = false;
   bool json = false;
@@ -39,6 +40,8 @@ Result<store::StoreOptions> OptionsFrom(const StoreArgs& a) {
     return Status::InvalidArgument(fmt::format("--io {}: expected uring or posix", a.io));
   }
   o.rows_per_key = a.rows_per_key;
+  if (a.ingest_threads == 0) return Status::InvalidArgument("--threads 0: an ingest needs at least one thread");
+  o.ingest_threads = a.ingest_threads;
   o.progress = !a.quiet;
   return o;
 }
@@ -178,6 +181,8 @@ Runner AddStoreCommands(CLI::App& app) {
       ->capture_default_str();
   ingest->add_option("--weight-name", a->weight_name, "Weight tensor name; {L} is the layer id")->capture_default_str();
   ingest->add_option("--scale-name", a->scale_name, "Scale tensor name (fp8 rows); {L} is the layer id")
+      ->capture_default_str();
+  ingest->add_option("--threads", a->ingest_threads, "Threads that read, pack and write SST files in parallel")
       ->capture_default_str();
   AddStoreIoOptions(*ingest, *a);
   ingest->add_flag("--quiet", a->quiet, "No progress line");
