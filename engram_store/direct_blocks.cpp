@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "io_uring_fs.hpp"
+
 namespace engram::store::detail {
 namespace {
 
@@ -231,6 +233,7 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
     }
     stats_->submissions.fetch_add(1, std::memory_order_relaxed);
     stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+    ThisThreadReads().reads += queued;
     stats_->depth.Submitted(queued);
     return Status::Ok();
   };
@@ -273,6 +276,7 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
         }
       } else {
         stats_->bytes.fetch_add(kBlock, std::memory_order_relaxed);
+        ThisThreadReads().bytes += kBlock;
         const char* why = nullptr;
         const unsigned char* value =
             CheckBlock(buffers + static_cast<std::size_t>(slot) * kBlock, key, value_bytes(item), &why);

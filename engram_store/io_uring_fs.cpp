@@ -113,6 +113,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         }
         stats_->submissions.fetch_add(1, std::memory_order_relaxed);
         stats_->reads.fetch_add(queued, std::memory_order_relaxed);
+        detail::ThisThreadReads().reads += queued;
         stats_->depth.Submitted(queued);
       }
       // Reap at least one completion, then everything already there.
@@ -142,6 +143,7 @@ class IoUringRandomAccessFile : public rocksdb::FSRandomAccessFile {
         } else {
           done[i] += static_cast<std::size_t>(res);
           stats_->bytes.fetch_add(static_cast<std::uint64_t>(res), std::memory_order_relaxed);
+          detail::ThisThreadReads().bytes += static_cast<std::uint64_t>(res);
           const bool eof = res == 0 || r.offset + done[i] >= size_;
           if (done[i] < r.len && !eof) {
             // A short read: the rest must start aligned to be re-read directly.
@@ -233,5 +235,12 @@ rocksdb::IOStatus IoUringFileSystem::NewRandomAccessFile(const std::string& fnam
                                             queue_depth_, stats_));
   return rocksdb::IOStatus::OK();
 }
+
+namespace detail {
+ThreadReadCounts& ThisThreadReads() noexcept {
+  thread_local ThreadReadCounts counts;
+  return counts;
+}
+}  // namespace detail
 
 }  // namespace engram::store

@@ -35,6 +35,16 @@ struct IoUringStats {
   detail::QueueDepthGauge depth;              // reads in the kernel
 };
 
+namespace detail {
+// Reads issued and bytes read by this thread through the io_uring file system and direct block reads,
+// since the thread began: the difference around a synchronous call is that call's own I/O.
+struct ThreadReadCounts {
+  std::uint64_t reads = 0;
+  std::uint64_t bytes = 0;
+};
+ThreadReadCounts& ThisThreadReads() noexcept;
+}  // namespace detail
+
 class IoUringFileSystem : public rocksdb::FileSystemWrapper {
  public:
   // Probes io_uring (a ring must initialise); kUnavailable with the kernel's reason otherwise.

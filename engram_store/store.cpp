@@ -795,7 +795,7 @@ Result<VersionHandle> Store::Pin(VersionId version) const {
 }
 
 Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<const std::int64_t> rows,
-                       std::span<std::byte> out) const {
+                       std::span<std::byte> out, ReadStats* stats) const {
   const Impl& im = *impl_;
   const Layout& layout = *im.layout;
   if (!version.valid()) return Status::InvalidArgument("ReadRows: the version handle is empty");
@@ -863,6 +863,25 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
   auto page_rows = [&](std::size_t i) {
     return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - pages[i] * rpk);
   };
+  // This call's reads: each thread's own counts, taken around the reads it runs for the call.
+  std::atomic<std::uint64_t> call_reads{0}, call_bytes{0};
+  auto counted = [&](const auto& read) {
+    const detail::ThreadReadCounts before = detail::ThisThreadReads();
+    read();
+    const detail::ThreadReadCounts& after = detail::ThisThreadReads();
+    call_reads.fetch_add(after.reads - before.reads, std::memory_order_relaxed);
+    call_bytes.fetch_add(after.bytes - before.bytes, std::memory_order_relaxed);
+  };
+  struct AddStats {
+    ReadStats* to;
+    const std::atomic<std::uint64_t>& reads;
+    const std::atomic<std::uint64_t>& bytes;
+    ~AddStats() {
+      if (to == nullptr) return;
+      to->reads += reads.load();
+      to->bytes += bytes.load();
+    }
+  } add_stats{stats, call_reads, call_bytes};
   if (im.options.read_path == ReadPath::kDirectBlocks) {
     detail::DirectBlockReader* reader = nullptr;
     {
@@ -876,10 +895,13 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     }
     std::vector<std::uint64_t> keys(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) keys[i] = (static_cast<std::uint64_t>(layer_index) << 56) | pages[i];
-    Status s = reader->Read(
-        keys, [&](std::size_t i) { return static_cast<std::uint32_t>(page_rows(i) * row_bytes); },
-        im.options.direct_queue_depth,
-        [&](std::size_t i, const std::byte* value) { deliver(i, reinterpret_cast<const char*>(value)); });
+    Status s;
+    counted([&] {
+      s = reader->Read(
+          keys, [&](std::size_t i) { return static_cast<std::uint32_t>(page_rows(i) * row_bytes); },
+          im.options.direct_queue_depth,
+          [&](std::size_t i, const std::byte* value) { deliver(i, reinterpret_cast<const char*>(value)); });
+    });
     if (!s.ok()) {
       return std::move(s).WithContext(fmt::format("store {}: version {}: layer {}", im.dir, st.id, layer_id));
     }
@@ -902,7 +924,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
         key_bytes[i] = detail::PageKey(layer_index, pages[begin + i]);
         keys[i] = key_bytes[i];
       }
-      db->MultiGet(ro, st.generation->cf, n, keys.data(), values.data(), statuses.data(), true);
+      counted([&] { db->MultiGet(ro, st.generation->cf, n, keys.data(), values.data(), statuses.data(), true); });
       for (std::size_t i = 0; i < n; ++i) {
         const std::size_t p = begin + i;
         const std::uint64_t first = pages[p] * rpk;
@@ -941,7 +963,9 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     }
     std::vector<rocksdb::PinnableSlice> edit_values(edited.size());
     std::vector<rocksdb::Status> edit_status(edited.size());
-    db->MultiGet(ro, st.edits_cf, keys.size(), keys.data(), edit_values.data(), edit_status.data(), false);
+    counted([&] {
+      db->MultiGet(ro, st.edits_cf, keys.size(), keys.data(), edit_values.data(), edit_status.data(), false);
+    });
     for (std::size_t i = 0; i < edited.size(); ++i) {
       if (!edit_status[i].ok() || edit_values[i].size() != row_bytes) {
         return Status::Corruption(fmt::format("store {}: version {}: layer {} row {} (edited in version {}): {}",

@@ -432,12 +432,11 @@ Status Prefetcher::Impl::FetchRows(const Step& step, int l, const Distinct& d, s
   for (std::size_t i = 0; i < misses.size(); ++i) miss_rows[i] = d.rows[misses[i]];
   std::vector<std::byte> buf(misses.size() * row_bytes);
   t0 = Clock::now();
-  const store::StoreIoStats io0 = store.io_stats();
-  Status status = store.ReadRows(version, l, miss_rows, buf);
-  const store::StoreIoStats io1 = store.io_stats();
+  store::ReadStats reads;  // this call's own: another prefetcher may read the same store at the same time
+  Status status = store.ReadRows(version, l, miss_rows, buf, &reads);
   st.disk_seconds = Seconds(Clock::now() - t0);
-  st.disk_reads = (io1.reads + io1.direct_reads) - (io0.reads + io0.direct_reads);
-  st.disk_bytes = (io1.bytes + io1.direct_bytes) - (io0.bytes + io0.direct_bytes);
+  st.disk_reads = reads.reads;
+  st.disk_bytes = reads.bytes;
   if (!status.ok())
     return std::move(status).WithContext(fmt::format("step {}: layer {}", step.id, layout.layer(l).layer_id));
   t0 = Clock::now();

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "store_util.hpp"
 
@@ -489,6 +490,53 @@ TEST_P(DirectBlocks, EveryRowReadsBack) {
   EXPECT_EQ(after.direct_reads - before.direct_reads, pages);
   EXPECT_EQ(after.reads - before.reads, 0U);
 }
+
+// Two threads read at once, each call asking for its own read counts: each gets exactly its own pages'
+// reads, not the other thread's (which a difference of io_stats() would include).
+class CallReadStats : public ::testing::TestWithParam<ReadPath> {};
+
+TEST_P(CallReadStats, EachCallCountsOnlyItsOwnReadsWhileAnotherThreadReads) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
+  StoreOptions o = GetParam() == ReadPath::kDirectBlocks ? DirectOpts() : Opts();
+  o.read_threads = 4;
+  auto st = Store::Open(dir.File("store"), o);
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  auto h = (*st)->Pin(1);
+  ASSERT_TRUE(h.ok());
+  constexpr int kPages = 64;  // distinct pages per call
+  auto reader = [&](int layer, std::vector<ReadStats>& got) {
+    std::vector<std::int64_t> rows(kPages);
+    for (int i = 0; i < kPages; ++i) rows[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(i) * 15 * 7 + layer;
+    std::vector<std::byte> out(rows.size() * 264);
+    for (int k = 0; k < 30; ++k) {
+      ReadStats s;
+      if (!(*st)->ReadRows(*h, layer, rows, out, &s).ok()) return;
+      got.push_back(s);
+    }
+  };
+  std::vector<ReadStats> a, b;
+  const StoreIoStats before = (*st)->io_stats();
+  std::thread other([&] { reader(1, b); });
+  reader(0, a);
+  other.join();
+  const StoreIoStats after = (*st)->io_stats();
+  ASSERT_EQ(a.size(), 30U);
+  ASSERT_EQ(b.size(), 30U);
+  std::uint64_t reads = 0;
+  for (const auto* v : {&a, &b}) {
+    for (const ReadStats& s : *v) {
+      EXPECT_GE(s.reads, static_cast<std::uint64_t>(kPages));         // resubmissions may add some
+      EXPECT_EQ(s.bytes, static_cast<std::uint64_t>(kPages) * 4096);  // one 4 KiB block per page
+      reads += s.reads;
+    }
+  }
+  EXPECT_EQ(reads, (after.reads + after.direct_reads) - (before.reads + before.direct_reads));
+}
+
+INSTANTIATE_TEST_SUITE_P(Store, CallReadStats, ::testing::Values(ReadPath::kMultiGet, ReadPath::kDirectBlocks),
+                         [](const auto& pinfo) { return pinfo.param == ReadPath::kMultiGet ? "MultiGet" : "Direct"; });
 
 INSTANTIATE_TEST_SUITE_P(Store, DirectBlocks, ::testing::Values("deepseek-v4.1-flash", "engram-demo"),
                          [](const auto& pinfo) {

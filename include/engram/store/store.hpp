@@ -128,6 +128,13 @@ struct StoreIoStats {
   double mean_queue_depth = 0;
 };
 
+// The disk reads of one call (Store::ReadRows). Counted for IoMode::kIoUring and direct block reads;
+// IoMode::kPosix reads through RocksDB's own file system and counts none.
+struct ReadStats {
+  std::uint64_t reads = 0;  // read requests issued (resubmissions included)
+  std::uint64_t bytes = 0;  // bytes read from disk
+};
+
 class Store;
 
 // A pinned version: its rows stay readable while the handle lives. Cheap to copy.
@@ -181,9 +188,10 @@ class Store {
   // Reads rows of one layer of a pinned version into `out` (rows.size() * row_bytes, in request order).
   // Rows may repeat and come in any order; each distinct key is read once. Errors: a row outside the
   // layer (kOutOfRange naming it), a block that fails its checksum (kCorruption naming the layer and the
-  // rows; no bytes of it are returned).
+  // rows; no bytes of it are returned). If `stats` is given, this call's own disk reads are added to it
+  // (exact when other threads read at the same time, unlike differences of io_stats()).
   [[nodiscard]] Status ReadRows(const VersionHandle& version, int layer_index, std::span<const std::int64_t> rows,
-                                std::span<std::byte> out) const;
+                                std::span<std::byte> out, ReadStats* stats = nullptr) const;
 
   // Reads rows [first_row, first_row + out.size() / row_bytes) of one layer in order, sequentially (a scan:
   // large read-ahead, read_threads iterators over consecutive parts), for loading a resident host tier.
