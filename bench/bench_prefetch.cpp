@@ -92,6 +92,7 @@ struct Args {
 
 struct Result {
   double rows_per_s = 0, distinct_per_s = 0, reads_per_s = 0, p50_ms = 0, p99_ms = 0, wait1_p99_ms = 0;
+  double reads_per_step = 0;  // disk reads (4 KiB blocks) per step
   std::uint64_t steps = 0;
 };
 
@@ -150,6 +151,7 @@ Result RunShape(const engram::store::Store& store, const engram::store::VersionH
   r.rows_per_s = static_cast<double>(lookups) / total;
   r.distinct_per_s = static_cast<double>(distinct) / total;
   r.reads_per_s = static_cast<double>((io.reads + io.direct_reads) - (io0.reads + io0.direct_reads)) / total;
+  r.reads_per_step = r.reads_per_s * total / static_cast<double>(r.steps);
   r.p50_ms = 1e3 * Percentile(step_s, 0.5);
   r.p99_ms = 1e3 * Percentile(step_s, 0.99);
   r.wait1_p99_ms = 1e3 * Percentile(wait0, 0.99);
@@ -226,6 +228,7 @@ int main(int argc, char** argv) {
       a.read_path = v;
     else if (k == "--shapes")
       a.shapes = "," + v + ",";
+
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -254,7 +257,8 @@ int main(int argc, char** argv) {
                                      {"prefill 16384", 1, 16384}};
   std::FILE* csv = a.csv.empty() ? nullptr : std::fopen(a.csv.c_str(), "w");
   if (csv != nullptr)
-    std::fprintf(csv, "mode,shape,rows_per_s,baseline_rows_per_s,distinct_per_s,reads_per_s,p50_ms,p99_ms\n");
+    std::fprintf(csv,
+                 "mode,shape,rows_per_s,baseline_rows_per_s,distinct_per_s,reads_per_s,p50_ms,p99_ms,reads_per_step\n");
   std::printf("store %s (%s), %u gather threads, %.1f s per point\n", a.store.c_str(), layout.name().c_str(), a.threads,
               a.seconds);
 
@@ -287,7 +291,7 @@ int main(int argc, char** argv) {
       std::printf("%-16s %14.0f %14.0f %6.0f%% %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, base,
                   100 * r.rows_per_s / base, r.p50_ms, r.p99_ms, r.wait1_p99_ms);
       if (csv != nullptr) {
-        std::fprintf(csv, "resident,%s,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f\n", sh.name.c_str(), r.rows_per_s, base,
+        std::fprintf(csv, "resident,%s,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,0\n", sh.name.c_str(), r.rows_per_s, base,
                      r.distinct_per_s, r.reads_per_s, r.p50_ms, r.p99_ms);
       }
     }
@@ -316,8 +320,8 @@ int main(int argc, char** argv) {
       std::printf("%-16s %12.0f %12.0f %12.0f %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
                   r.reads_per_s, r.p50_ms, r.p99_ms, r.wait1_p99_ms);
       if (csv != nullptr) {
-        std::fprintf(csv, "disk,%s,%.0f,0,%.0f,%.0f,%.3f,%.3f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
-                     r.reads_per_s, r.p50_ms, r.p99_ms);
+        std::fprintf(csv, "disk,%s,%.0f,0,%.0f,%.0f,%.3f,%.3f,%.1f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
+                     r.reads_per_s, r.p50_ms, r.p99_ms, r.reads_per_step);
       }
     }
     const auto hs = (*host)->stats();

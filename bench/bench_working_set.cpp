@@ -85,6 +85,7 @@ struct Args {
   std::uint64_t hbm_cache = 1ULL << 30;
   gpu::MissPath loop_path = gpu::MissPath::kAuto;
   bool grow_huge_pages = false;  // the resident tier on explicit huge pages, growing the pool (root)
+  std::string shapes;            // transfer and hit shapes whose name contains one of these (comma-separated)
 };
 
 // WorkingSetOptions::fuse_lookups for every working set of the run (--fuse).
@@ -441,6 +442,8 @@ int main(int argc, char** argv) {
       g_sort_lookups_from = std::stoull(v);
     else if (k == "--sorted-per-warp")
       g_sorted_per_warp = static_cast<std::uint32_t>(std::stoul(v));
+    else if (k == "--shapes")
+      a.shapes = v;
     else if (k == "--grow-huge-pages")
       a.grow_huge_pages = v == "1";
     else if (k == "--loop-path")
@@ -454,11 +457,11 @@ int main(int argc, char** argv) {
     }
   }
   if (a.store.empty()) {
-    std::fprintf(
-        stderr,
-        "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
-        "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
-        "[--hbm-cache BYTES] [--fuse LOOKUPS] [--sort LOOKUPS] [--sorted-per-warp N] [--grow-huge-pages 0|1]\n");
+    std::fprintf(stderr,
+                 "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
+                 "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
+                 "[--hbm-cache BYTES] [--fuse LOOKUPS] [--sort LOOKUPS] [--sorted-per-warp N] [--grow-huge-pages 0|1] "
+                 "[--shapes decode,prefill]\n");
     return 2;
   }
   auto store = Must(engram::store::Store::Open(a.store), "open store");
@@ -489,7 +492,18 @@ int main(int argc, char** argv) {
                 std::string(memory::PagePathName(resident->arena_report().path)).c_str());
   };
   std::vector<std::pair<std::string, RunResult>> transfer_splits;
-  const std::vector<Shape> shapes = {{"decode B=64", 64, 1}, {"decode B=256", 256, 1}, {"prefill 16384", 1, 16384}};
+  std::vector<Shape> shapes;
+  for (const Shape& sh :
+       std::vector<Shape>{{"decode B=64", 64, 1}, {"decode B=256", 256, 1}, {"prefill 16384", 1, 16384}}) {
+    bool wanted = a.shapes.empty();
+    for (std::size_t at = 0; !wanted && at <= a.shapes.size();) {
+      const std::size_t comma = std::min(a.shapes.find(',', at), a.shapes.size());
+      const std::string part = a.shapes.substr(at, comma - at);
+      wanted = !part.empty() && sh.name.find(part) != std::string::npos;
+      at = comma + 1;
+    }
+    if (wanted) shapes.push_back(sh);
+  }
 
   if (a.sections.find("transfer") != std::string::npos) {
     need_resident();
@@ -585,12 +599,12 @@ int main(int argc, char** argv) {
     std::printf("%-16s %-8s %12s %12s %12s %12s %8s\n", "shape", "path", "ws e2e", "ws assembly", "plain gather",
                 "asm/gather", "target");
     need_resident();
-    for (const auto& [sh, path] : std::vector<std::pair<Shape, gpu::MissPath>>{{shapes[0], gpu::MissPath::kStaged},
-                                                                               {shapes[0], gpu::MissPath::kDevice},
-                                                                               {shapes[1], gpu::MissPath::kStaged},
-                                                                               {shapes[1], gpu::MissPath::kDevice},
-                                                                               {shapes[2], gpu::MissPath::kStaged},
-                                                                               {shapes[2], gpu::MissPath::kDevice}}) {
+    std::vector<std::pair<Shape, gpu::MissPath>> runs;
+    for (const Shape& sh : shapes) {
+      runs.emplace_back(sh, gpu::MissPath::kStaged);
+      runs.emplace_back(sh, gpu::MissPath::kDevice);
+    }
+    for (const auto& [sh, path] : runs) {
       const Steps steps = MakeSteps(sh, ids, sh.tokens > 1 ? 2 : 16);
       const auto max_tokens = static_cast<std::int64_t>(sh.sequences * sh.tokens);
       // The staged path needs no host tier; the device pipeline reads its misses from the resident one.

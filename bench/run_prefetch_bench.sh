@@ -4,7 +4,9 @@
 #   2. bench_prefetch: resident load vs a sequential O_DIRECT read of the table files; resident steps vs a
 #      plain memcpy gather of the same rows with the same threads; disk-backed steps through a host cache
 #   3. fio 4 KiB random reads (io_uring, O_DIRECT) of the store's largest table file at the store's queue
-#      depth (read threads x 32 keys), and the ratio of the disk-backed steps' disk reads/s to it
+#      depth (read threads x 32 keys), and the ratio of the disk-backed steps' disk reads/s to it; for shapes
+#      whose reads per step cannot fill that queue, also fio in lockstep with the step (its reads submitted
+#      together, all awaited, repeated) and the ratio to that
 #
 #   bench/run_prefetch_bench.sh [--scale 0.01] [--dir /tmp/engram-prefetch-bench] [--seconds 2] [--threads 4]
 #                               [--read-threads 8] [--host-cache BYTES] [--read-path multiget|direct]
@@ -52,16 +54,30 @@ qd=$((read_threads * 32))
 sst=$(ls -S "$dir"/store/*.sst | head -1)
 echo "== fio 4 KiB random reads of $sst (io_uring, O_DIRECT, QD $qd)"
 $fio --name=rr --filename="$sst" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
-  --time_based --runtime="$seconds" --output-format=json >"$dir/fio-rr.json"
-python3 - "$dir" <<'PY'
-import csv, json, sys
-d = sys.argv[1]
+  --time_based --runtime="$(python3 -c "print(max(1, round($seconds * 1000)))")ms" --output-format=json >"$dir/fio-rr.json"
+# A step whose disk reads cannot fill the queue (decode B=1: ~40 reads) is one round trip of the disk per
+# step. fio "in lockstep" reads the same number of 4 KiB blocks the same way: submits them all at once,
+# waits for all of them, and repeats (iodepth = iodepth_batch_submit = iodepth_batch_complete_min).
+python3 - "$dir" "$fio" "$sst" "$qd" "$seconds" <<'PY'
+import csv, json, math, subprocess, sys
+d, fio, sst, qd, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 iops = json.load(open(f"{d}/fio-rr.json"))["jobs"][0]["read"]["iops"]
 print(f"fio: {iops:.0f} IOPS")
-print(f"{'disk-backed shape':<18} {'disk rd/s':>10} {'/ fio':>7} {'distinct rows/s':>16} {'/ fio':>7}  (target: disk rows/s >= 75% of fio)")
+print(f"{'disk-backed shape':<18} {'disk rd/s':>10} {'/ fio':>7} {'distinct rows/s':>16} {'/ fio':>7} "
+      f"{'reads/step':>11} {'fio lockstep':>13} {'rd / lockstep':>14}  (target: disk rows/s >= 75% of fio)")
 for r in csv.DictReader(open(f"{d}/prefetch.csv")):
     if r["mode"] != "disk":
         continue
-    rd, dr = float(r["reads_per_s"]), float(r["distinct_per_s"])
-    print(f"{r['shape']:<18} {rd:10.0f} {rd / iops:6.0%} {dr:16.0f} {dr / iops:6.0%}")
+    rd, dr, per = float(r["reads_per_s"]), float(r["distinct_per_s"]), float(r["reads_per_step"])
+    lock = ""
+    if 0 < per < qd:
+        n = max(1, math.ceil(per))
+        out = subprocess.run([fio, "--name=lockstep", f"--filename={sst}", "--rw=randread", "--bs=4k", "--direct=1",
+                              "--ioengine=io_uring", f"--iodepth={n}", f"--iodepth_batch_submit={n}",
+                              f"--iodepth_batch_complete_min={n}", "--time_based",
+                              f"--runtime={max(1, round(float(seconds) * 1000))}ms", "--output-format=json"],
+                             check=True, capture_output=True, text=True).stdout
+        li = json.loads(out)["jobs"][0]["read"]["iops"]
+        lock = f"{li:13.0f} {rd / li:13.0%}"
+    print(f"{r['shape']:<18} {rd:10.0f} {rd / iops:6.0%} {dr:16.0f} {dr / iops:6.0%} {per:11.1f} {lock}")
 PY
