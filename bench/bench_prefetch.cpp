@@ -258,7 +258,8 @@ int main(int argc, char** argv) {
   std::FILE* csv = a.csv.empty() ? nullptr : std::fopen(a.csv.c_str(), "w");
   if (csv != nullptr)
     std::fprintf(csv,
-                 "mode,shape,rows_per_s,baseline_rows_per_s,distinct_per_s,reads_per_s,p50_ms,p99_ms,reads_per_step\n");
+                 "mode,shape,rows_per_s,baseline_rows_per_s,distinct_per_s,reads_per_s,p50_ms,p99_ms,reads_per_step,"
+                 "layers\n");
   std::printf("store %s (%s), %u gather threads, %.1f s per point\n", a.store.c_str(), layout.name().c_str(), a.threads,
               a.seconds);
 
@@ -291,8 +292,8 @@ int main(int argc, char** argv) {
       std::printf("%-16s %14.0f %14.0f %6.0f%% %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, base,
                   100 * r.rows_per_s / base, r.p50_ms, r.p99_ms, r.wait1_p99_ms);
       if (csv != nullptr) {
-        std::fprintf(csv, "resident,%s,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,0\n", sh.name.c_str(), r.rows_per_s, base,
-                     r.distinct_per_s, r.reads_per_s, r.p50_ms, r.p99_ms);
+        std::fprintf(csv, "resident,%s,%.0f,%.0f,%.0f,%.0f,%.3f,%.3f,0,%d\n", sh.name.c_str(), r.rows_per_s, base,
+                     r.distinct_per_s, r.reads_per_s, r.p50_ms, r.p99_ms, layout.num_layers());
       }
     }
     std::printf("(ratio target >= 85%%: rows/s through the prefetcher over a plain memcpy gather of the same rows)\n");
@@ -320,8 +321,8 @@ int main(int argc, char** argv) {
       std::printf("%-16s %12.0f %12.0f %12.0f %9.3f %9.3f %12.3f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
                   r.reads_per_s, r.p50_ms, r.p99_ms, r.wait1_p99_ms);
       if (csv != nullptr) {
-        std::fprintf(csv, "disk,%s,%.0f,0,%.0f,%.0f,%.3f,%.3f,%.1f\n", sh.name.c_str(), r.rows_per_s, r.distinct_per_s,
-                     r.reads_per_s, r.p50_ms, r.p99_ms, r.reads_per_step);
+        std::fprintf(csv, "disk,%s,%.0f,0,%.0f,%.0f,%.3f,%.3f,%.1f,%d\n", sh.name.c_str(), r.rows_per_s,
+                     r.distinct_per_s, r.reads_per_s, r.p50_ms, r.p99_ms, r.reads_per_step, layout.num_layers());
       }
     }
     const auto hs = (*host)->stats();

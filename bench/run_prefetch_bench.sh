@@ -55,29 +55,31 @@ sst=$(ls -S "$dir"/store/*.sst | head -1)
 echo "== fio 4 KiB random reads of $sst (io_uring, O_DIRECT, QD $qd)"
 $fio --name=rr --filename="$sst" --rw=randread --bs=4k --direct=1 --ioengine=io_uring --iodepth=$qd \
   --time_based --runtime="$(python3 -c "print(max(1, round($seconds * 1000)))")ms" --output-format=json >"$dir/fio-rr.json"
-# A step whose disk reads cannot fill the queue (decode B=1: ~40 reads) is one round trip of the disk per
-# step. fio "in lockstep" reads the same number of 4 KiB blocks the same way: submits them all at once,
-# waits for all of them, and repeats (iodepth = iodepth_batch_submit = iodepth_batch_complete_min).
+# A step whose disk reads cannot fill the queue (decode B=1: ~40 reads) is a round trip of the disk per
+# layer (layers are served in deadline order). fio "in lockstep" reads 4 KiB blocks the same way: submits N
+# at once, waits for all of them, and repeats (iodepth = iodepth_batch_submit = iodepth_batch_complete_min),
+# with N = the step's reads (one round trip a step) and N = one layer's share of them (one a layer).
 python3 - "$dir" "$fio" "$sst" "$qd" "$seconds" <<'PY'
 import csv, json, math, subprocess, sys
 d, fio, sst, qd, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 iops = json.load(open(f"{d}/fio-rr.json"))["jobs"][0]["read"]["iops"]
 print(f"fio: {iops:.0f} IOPS")
 print(f"{'disk-backed shape':<18} {'disk rd/s':>10} {'/ fio':>7} {'distinct rows/s':>16} {'/ fio':>7} "
-      f"{'reads/step':>11} {'fio lockstep':>13} {'rd / lockstep':>14}  (target: disk rows/s >= 75% of fio)")
+      f"{'reads/step':>11} {'lockstep/step':>14} {'rd / it':>8} {'lockstep/layer':>15} {'rd / it':>8}  "
+      "(target: disk rows/s >= 75% of fio)")
 for r in csv.DictReader(open(f"{d}/prefetch.csv")):
     if r["mode"] != "disk":
         continue
     rd, dr, per = float(r["reads_per_s"]), float(r["distinct_per_s"]), float(r["reads_per_step"])
     lock = ""
     if 0 < per < qd:
-        n = max(1, math.ceil(per))
-        out = subprocess.run([fio, "--name=lockstep", f"--filename={sst}", "--rw=randread", "--bs=4k", "--direct=1",
-                              "--ioengine=io_uring", f"--iodepth={n}", f"--iodepth_batch_submit={n}",
-                              f"--iodepth_batch_complete_min={n}", "--time_based",
-                              f"--runtime={max(1, round(float(seconds) * 1000))}ms", "--output-format=json"],
-                             check=True, capture_output=True, text=True).stdout
-        li = json.loads(out)["jobs"][0]["read"]["iops"]
-        lock = f"{li:13.0f} {rd / li:13.0%}"
-    print(f"{r['shape']:<18} {rd:10.0f} {rd / iops:6.0%} {dr:16.0f} {dr / iops:6.0%} {per:11.1f} {lock}")
+        for n in (max(1, math.ceil(per)), max(1, math.ceil(per / int(r["layers"])))):
+            out = subprocess.run([fio, "--name=lockstep", f"--filename={sst}", "--rw=randread", "--bs=4k",
+                                  "--direct=1", "--ioengine=io_uring", f"--iodepth={n}", f"--iodepth_batch_submit={n}",
+                                  f"--iodepth_batch_complete_min={n}", "--time_based",
+                                  f"--runtime={max(1, round(float(seconds) * 1000))}ms", "--output-format=json"],
+                                 check=True, capture_output=True, text=True).stdout
+            li = json.loads(out)["jobs"][0]["read"]["iops"]
+            lock += f" {li:14.0f} {rd / li:8.0%}"
+    print(f"{r['shape']:<18} {rd:10.0f} {rd / iops:6.0%} {dr:16.0f} {dr / iops:6.0%} {per:11.1f}{lock}")
 PY
