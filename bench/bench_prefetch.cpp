@@ -10,6 +10,7 @@
 //
 //   bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] [--read-threads 8]
 //                  [--modes resident,disk] [--read-path multiget|direct] [--csv FILE] [--shapes A,B]
+//                  [--load-threads N]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -88,6 +89,7 @@ struct Args {
   std::string csv;
   std::string read_path = "multiget";
   std::string shapes;  // ",name,name,": only these shapes (--shapes); empty: all
+  std::uint32_t load_threads = engram::memory::HostTierOptions{}.load_threads;
 };
 
 struct Result {
@@ -228,6 +230,8 @@ int main(int argc, char** argv) {
       a.read_path = v;
     else if (k == "--shapes")
       a.shapes = "," + v + ",";
+    else if (k == "--load-threads")
+      a.load_threads = static_cast<std::uint32_t>(std::stoul(v));
 
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
@@ -238,7 +242,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: bench_prefetch --store DIR [--threads 4] [--seconds 2] [--host-cache BYTES] "
                  "[--read-threads 8] [--modes resident,disk] [--read-path multiget|direct] [--csv FILE] "
-                 "[--shapes 'decode B=1,prefill 4096']\n");
+                 "[--shapes 'decode B=1,prefill 4096'] [--load-threads N]\n");
     return 2;
   }
   engram::store::StoreOptions so;
@@ -267,6 +271,7 @@ int main(int argc, char** argv) {
     const double seq = SequentialReadMiBs(a.store);
     engram::memory::HostTierOptions ho;
     ho.resident = engram::memory::ResidentRegions::kAll;
+    ho.load_threads = a.load_threads;
     auto host = engram::memory::HostTier::Create(layout, ho);
     if (!host.ok()) {
       std::fprintf(stderr, "resident: %s\n", host.status().ToString().c_str());

@@ -8,6 +8,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -102,6 +103,27 @@ struct Ring {
     std::free(buffers);
   }
 };
+
+// Submits the `queued` reads prepared on `ring` (waiting for a completion in the same system call when
+// `wait`, as fio does) and counts them; on failure the reads already in flight are reaped first.
+template <typename Count>
+Status Submit(io_uring& ring, unsigned queued, bool wait, Count& in_flight, DirectBlockStats& stats, const char* what) {
+  if (queued == 0) return Status::Ok();
+  int rc;
+  do {
+    rc = wait ? io_uring_submit_and_wait(&ring, 1) : io_uring_submit(&ring);
+  } while (rc == -EINTR || rc == -EAGAIN);
+  if (rc < 0) {
+    in_flight -= queued;  // nothing of this round reached the kernel
+    DrainInFlight(ring, in_flight, stats.depth);
+    return Status::IOError(fmt::format("{}: io_uring_submit: {}", what, std::strerror(-rc)));
+  }
+  stats.submissions.fetch_add(1, std::memory_order_relaxed);
+  stats.reads.fetch_add(queued, std::memory_order_relaxed);
+  ThisThreadReads().reads += queued;
+  stats.depth.Submitted(queued);
+  return Status::Ok();
+}
 
 Ring& ThreadRing(unsigned depth) {
   thread_local std::unique_ptr<Ring> ring;
@@ -220,22 +242,8 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
     return queued;
   };
   // Submits what fill queued, waiting for a completion in the same system call when `wait` (as fio does).
-  auto submit = [&](unsigned queued, bool wait) -> Status {
-    if (queued == 0) return Status::Ok();
-    int rc;
-    do {
-      rc = wait ? io_uring_submit_and_wait(&ring.ring, 1) : io_uring_submit(&ring.ring);
-    } while (rc == -EINTR || rc == -EAGAIN);
-    if (rc < 0) {
-      in_flight -= queued;  // nothing of this round reached the kernel
-      DrainInFlight(ring.ring, in_flight, stats_->depth);
-      return Status::IOError(fmt::format("direct reads: io_uring_submit: {}", std::strerror(-rc)));
-    }
-    stats_->submissions.fetch_add(1, std::memory_order_relaxed);
-    stats_->reads.fetch_add(queued, std::memory_order_relaxed);
-    ThisThreadReads().reads += queued;
-    stats_->depth.Submitted(queued);
-    return Status::Ok();
+  auto submit = [&](unsigned queued, bool wait) {
+    return Submit(ring.ring, queued, wait, in_flight, *stats_, "direct reads");
   };
   while (next < keys.size() || in_flight > 0 || !retry.empty()) {
     io_uring_cqe* cqe = nullptr;
@@ -295,6 +303,122 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
       next = keys.size();
       retry.clear();
     }
+  }
+  return first_error;
+}
+
+Status DirectBlockReader::ReadSpan(std::uint64_t first_key, std::uint64_t count,
+                                   const std::function<std::uint32_t(std::uint64_t)>& value_bytes,
+                                   const std::function<void(std::uint64_t, const std::byte*)>& deliver) const {
+  if (count == 0) return Status::Ok();
+  constexpr std::uint64_t kChunkPages = 512;  // 2 MiB a read
+  constexpr unsigned kDepth = 4;
+  struct SpanRing {
+    io_uring ring{};
+    int init_error = -1;
+    void* buffers = nullptr;
+    SpanRing() {
+      init_error = io_uring_queue_init(kDepth, &ring, 0);
+      if (posix_memalign(&buffers, kBlock, kDepth * kChunkPages * kBlock) != 0) buffers = nullptr;
+    }
+    SpanRing(const SpanRing&) = delete;
+    SpanRing& operator=(const SpanRing&) = delete;
+    ~SpanRing() {
+      if (init_error == 0) io_uring_queue_exit(&ring);
+      std::free(buffers);
+    }
+  } r;
+  if (r.init_error != 0) {
+    return Status::IOError(fmt::format("direct span reads: io_uring_queue_init: {}", std::strerror(-r.init_error)));
+  }
+  if (r.buffers == nullptr) return Status::ResourceExhausted("direct span reads: no memory for 8 MiB of buffers");
+  auto* buffers = static_cast<unsigned char*>(r.buffers);
+  struct Chunk {
+    const File* file = nullptr;
+    std::uint64_t first = 0;  // index of its first page in the span
+    std::uint64_t pages = 0;
+  };
+  std::array<Chunk, kDepth> chunks{};
+  std::vector<unsigned> free_slots = {3, 2, 1, 0};
+  std::uint64_t next = 0;
+  unsigned in_flight = 0;
+  Status first_error;
+  auto prep = [&](unsigned slot) {
+    const Chunk& c = chunks[slot];
+    io_uring_sqe* sqe = io_uring_get_sqe(&r.ring);  // never null: at most kDepth reads are in the ring
+    io_uring_prep_read(sqe, c.file->fd, buffers + static_cast<std::size_t>(slot) * kChunkPages * kBlock,
+                       static_cast<unsigned>(c.pages * kBlock), (first_key + c.first - c.file->first_key) * kBlock);
+    io_uring_sqe_set_data64(sqe, slot);
+    ++in_flight;
+  };
+  auto fill = [&]() -> unsigned {
+    unsigned queued = 0;
+    while (next < count && !free_slots.empty() && first_error.ok()) {
+      const std::uint64_t key = first_key + next;
+      auto it = std::upper_bound(files_.begin(), files_.end(), key,
+                                 [](std::uint64_t k, const File& f) { return k < f.first_key; });
+      if (it == files_.begin() || key > (it - 1)->last_key) {
+        first_error = Status::Corruption(fmt::format("direct span reads: no file holds page key {:016x}", key));
+        break;
+      }
+      const File& f = *(it - 1);
+      const unsigned slot = free_slots.back();
+      free_slots.pop_back();
+      chunks[slot] = {&f, next, std::min({kChunkPages, count - next, f.last_key - key + 1})};
+      next += chunks[slot].pages;
+      prep(slot);
+      ++queued;
+    }
+    return queued;
+  };
+  auto submit = [&](unsigned queued) { return Submit(r.ring, queued, false, in_flight, *stats_, "direct span reads"); };
+  ENGRAM_RETURN_IF_ERROR(submit(fill()));
+  while (in_flight > 0) {
+    io_uring_cqe* cqe = nullptr;
+    int rc;
+    do {
+      rc = io_uring_wait_cqe(&r.ring, &cqe);
+    } while (rc == -EINTR);
+    if (rc < 0) {
+      DrainInFlight(r.ring, in_flight, stats_->depth);
+      return Status::IOError(fmt::format("direct span reads: io_uring_wait_cqe: {}", std::strerror(-rc)));
+    }
+    const auto slot = static_cast<unsigned>(io_uring_cqe_get_data64(cqe));
+    const int res = cqe->res;
+    io_uring_cqe_seen(&r.ring, cqe);
+    --in_flight;
+    stats_->depth.Completed();
+    const Chunk c = chunks[slot];
+    if (res == -EAGAIN || res == -EINTR) {
+      prep(slot);  // the same read again
+      ENGRAM_RETURN_IF_ERROR(submit(1));
+      continue;
+    }
+    const std::uint64_t offset = (first_key + c.first - c.file->first_key) * kBlock;
+    if (res != static_cast<int>(c.pages * kBlock)) {
+      if (first_error.ok()) {
+        first_error =
+            Status::IOError(fmt::format("direct span reads: {} at offset {} ({} bytes): {}", c.file->path, offset,
+                                        c.pages * kBlock, res < 0 ? std::strerror(-res) : "short read"));
+      }
+    } else if (first_error.ok()) {
+      stats_->bytes.fetch_add(c.pages * kBlock, std::memory_order_relaxed);
+      ThisThreadReads().bytes += c.pages * kBlock;
+      const unsigned char* chunk = buffers + static_cast<std::size_t>(slot) * kChunkPages * kBlock;
+      for (std::uint64_t j = 0; j < c.pages && first_error.ok(); ++j) {
+        const std::uint64_t i = c.first + j;
+        const char* why = nullptr;
+        const unsigned char* value = CheckBlock(chunk + j * kBlock, first_key + i, value_bytes(i), &why);
+        if (value == nullptr) {
+          first_error = Status::Corruption(fmt::format("block at {} offset {} (page key {:016x}): {}", c.file->path,
+                                                       offset + j * kBlock, first_key + i, why));
+        } else {
+          deliver(i, reinterpret_cast<const std::byte*>(value));
+        }
+      }
+    }
+    free_slots.push_back(slot);
+    ENGRAM_RETURN_IF_ERROR(submit(fill()));
   }
   return first_error;
 }

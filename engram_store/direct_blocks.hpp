@@ -47,6 +47,13 @@ class DirectBlockReader {
                             const std::function<std::uint32_t(std::size_t)>& value_bytes, unsigned queue_depth,
                             const std::function<void(std::size_t, const std::byte*)>& deliver) const;
 
+  // Reads the `count` consecutive pages from `first_key` (a scan: the pages of a range lie consecutively
+  // in their files) in reads of up to 2 MiB, four in flight on a ring of the call's own, checking every
+  // block as Read does; calls deliver(i, value) for page first_key + i, expecting value_bytes(i) bytes.
+  [[nodiscard]] Status ReadSpan(std::uint64_t first_key, std::uint64_t count,
+                                const std::function<std::uint32_t(std::uint64_t)>& value_bytes,
+                                const std::function<void(std::uint64_t, const std::byte*)>& deliver) const;
+
  private:
   struct File {
     std::uint64_t first_key = 0;

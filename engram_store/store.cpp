@@ -794,6 +794,19 @@ Result<VersionHandle> Store::Pin(VersionId version) const {
   return h;
 }
 
+namespace {
+// The generation's direct block reader (ReadPath::kDirectBlocks), built on first use.
+Result<detail::DirectBlockReader*> DirectReader(const Store::Impl& im, rocksdb::DB* db, GenerationData& g) {
+  std::lock_guard<std::mutex> lock(g.direct_mu);
+  if (!g.direct) {
+    ENGRAM_ASSIGN_OR_RETURN(
+        g.direct,
+        detail::DirectBlockReader::Create(db, g.cf, im.direct_stats).WithContext(fmt::format("store {}", im.dir)));
+  }
+  return g.direct.get();
+}
+}  // namespace
+
 Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<const std::int64_t> rows,
                        std::span<std::byte> out, ReadStats* stats) const {
   const Impl& im = *impl_;
@@ -883,16 +896,7 @@ Status Store::ReadRows(const VersionHandle& version, int layer_index, std::span<
     }
   } add_stats{stats, call_reads, call_bytes};
   if (im.options.read_path == ReadPath::kDirectBlocks) {
-    detail::DirectBlockReader* reader = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(st.generation->direct_mu);
-      if (!st.generation->direct) {
-        ENGRAM_ASSIGN_OR_RETURN(st.generation->direct,
-                                detail::DirectBlockReader::Create(db, st.generation->cf, im.direct_stats)
-                                    .WithContext(fmt::format("store {}", im.dir)));
-      }
-      reader = st.generation->direct.get();
-    }
+    ENGRAM_ASSIGN_OR_RETURN(detail::DirectBlockReader * reader, DirectReader(im, st.holder->db.get(), *st.generation));
     std::vector<std::uint64_t> keys(pages.size());
     for (std::size_t i = 0; i < pages.size(); ++i) keys[i] = (static_cast<std::uint64_t>(layer_index) << 56) | pages[i];
     Status s;
@@ -1010,46 +1014,78 @@ Status Store::ReadRange(const VersionHandle& version, int layer_index, std::int6
   const std::uint64_t per = (end_page - first_page + parts - 1) / parts;
   std::mutex error_mu;
   Status error;
-  im.pool->ParallelFor(parts, [&](std::size_t part) {
-    const std::uint64_t p0 = first_page + part * per;
-    const std::uint64_t p1 = std::min(end_page, p0 + per);
-    if (p0 >= p1) return;
-    rocksdb::ReadOptions ro;
-    ro.verify_checksums = true;
-    ro.fill_cache = false;
-    ro.readahead_size = 8 << 20;
-    const std::string upper = detail::PageKey(layer_index, p1);
-    rocksdb::Slice upper_slice(upper);
-    ro.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> it(st.holder->db->NewIterator(ro, st.generation->cf));
-    it->Seek(detail::PageKey(layer_index, p0));
-    for (std::uint64_t page = p0; page < p1; ++page) {
-      const std::uint64_t page_first = page * rpk;
-      const std::uint64_t page_rows = std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page_first);
-      Status bad;
-      if (!it->Valid()) {
-        bad = Status::Corruption(fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id,
-                                             layer_id, page_first, page_first + page_rows,
-                                             it->status().ok() ? "missing" : it->status().ToString()));
-      } else if (it->key().ToString() != detail::PageKey(layer_index, page) ||
-                 it->value().size() != page_rows * row_bytes) {
-        bad = Status::Corruption(fmt::format(
-            "store {}: version {}: layer {} rows [{}, {}): unexpected key or a "
-            "value of {} bytes (expected {})",
-            im.dir, st.id, layer_id, page_first, page_first + page_rows, it->value().size(), page_rows * row_bytes));
-      }
-      if (!bad.ok()) {
+  if (im.options.read_path == ReadPath::kDirectBlocks) {
+    // The range's pages lie consecutively in their files: each part is read in large direct reads.
+    ENGRAM_ASSIGN_OR_RETURN(detail::DirectBlockReader * reader, DirectReader(im, st.holder->db.get(), *st.generation));
+    const std::uint64_t layer_key = static_cast<std::uint64_t>(layer_index) << 56;
+    im.pool->ParallelFor(parts, [&](std::size_t part) {
+      const std::uint64_t p0 = first_page + part * per;
+      const std::uint64_t p1 = std::min(end_page, p0 + per);
+      if (p0 >= p1) return;
+      auto page_rows = [&](std::uint64_t page) {
+        return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page * rpk);
+      };
+      Status s = reader->ReadSpan(
+          layer_key | p0, p1 - p0,
+          [&](std::uint64_t i) { return static_cast<std::uint32_t>(page_rows(p0 + i) * row_bytes); },
+          [&](std::uint64_t i, const std::byte* value) {
+            const std::uint64_t page_first = (p0 + i) * rpk;
+            const std::uint64_t a = std::max(first, page_first);
+            const std::uint64_t b = std::min(last, page_first + page_rows(p0 + i));
+            std::memcpy(out.data() + (a - first) * row_bytes, value + (a - page_first) * row_bytes,
+                        (b - a) * row_bytes);
+          });
+      if (!s.ok()) {
         std::lock_guard<std::mutex> lock(error_mu);
-        if (error.ok()) error = std::move(bad);
-        return;
+        if (error.ok()) {
+          error = std::move(s).WithContext(
+              fmt::format("store {}: version {}: layer {} rows [{}, {})", im.dir, st.id, layer_id, p0 * rpk, p1 * rpk));
+        }
       }
-      const std::uint64_t a = std::max(first, page_first);
-      const std::uint64_t b = std::min(last, page_first + page_rows);
-      std::memcpy(out.data() + (a - first) * row_bytes, it->value().data() + (a - page_first) * row_bytes,
-                  (b - a) * row_bytes);
-      it->Next();
-    }
-  });
+    });
+  } else {
+    im.pool->ParallelFor(parts, [&](std::size_t part) {
+      const std::uint64_t p0 = first_page + part * per;
+      const std::uint64_t p1 = std::min(end_page, p0 + per);
+      if (p0 >= p1) return;
+      rocksdb::ReadOptions ro;
+      ro.verify_checksums = true;
+      ro.fill_cache = false;
+      ro.readahead_size = 8 << 20;
+      const std::string upper = detail::PageKey(layer_index, p1);
+      rocksdb::Slice upper_slice(upper);
+      ro.iterate_upper_bound = &upper_slice;
+      std::unique_ptr<rocksdb::Iterator> it(st.holder->db->NewIterator(ro, st.generation->cf));
+      it->Seek(detail::PageKey(layer_index, p0));
+      for (std::uint64_t page = p0; page < p1; ++page) {
+        const std::uint64_t page_first = page * rpk;
+        const std::uint64_t page_rows =
+            std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page_first);
+        Status bad;
+        if (!it->Valid()) {
+          bad = Status::Corruption(fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id,
+                                               layer_id, page_first, page_first + page_rows,
+                                               it->status().ok() ? "missing" : it->status().ToString()));
+        } else if (it->key().ToString() != detail::PageKey(layer_index, page) ||
+                   it->value().size() != page_rows * row_bytes) {
+          bad = Status::Corruption(fmt::format(
+              "store {}: version {}: layer {} rows [{}, {}): unexpected key or a "
+              "value of {} bytes (expected {})",
+              im.dir, st.id, layer_id, page_first, page_first + page_rows, it->value().size(), page_rows * row_bytes));
+        }
+        if (!bad.ok()) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (error.ok()) error = std::move(bad);
+          return;
+        }
+        const std::uint64_t a = std::max(first, page_first);
+        const std::uint64_t b = std::min(last, page_first + page_rows);
+        std::memcpy(out.data() + (a - first) * row_bytes, it->value().data() + (a - page_first) * row_bytes,
+                    (b - a) * row_bytes);
+        it->Next();
+      }
+    });
+  }
   if (!error.ok()) return error;
   // Edited rows in the range.
   std::vector<std::int64_t> edited;

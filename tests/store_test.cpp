@@ -562,21 +562,28 @@ TEST(DirectBlocksReads, EditedRowsComeFromTheirEdits) {
   EXPECT_EQ(out[528], std::byte{0x30 + 17 % 7});
 }
 
-TEST(DirectBlocksReads, AFlippedByteIsRefusedNotServed) {
-  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
-  test::TempDir dir;
+// A V4.1 store with one byte flipped inside one of its blocks, opened for direct reads.
+std::unique_ptr<Store> FlippedDirectStore(const test::TempDir& dir, const test::SynthCheckpoint& ck) {
   { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
   test::FlipOneByte(dir.File("store"));
   auto st = Store::Open(dir.File("store"), DirectOpts());
-  ASSERT_TRUE(st.ok());
-  auto h = (*st)->Pin(1);
+  EXPECT_TRUE(st.ok()) << st.status().ToString();
+  return st.ok() ? std::move(*st) : nullptr;
+}
+
+TEST(DirectBlocksReads, AFlippedByteIsRefusedNotServed) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  auto st = FlippedDirectStore(dir, ck);
+  ASSERT_NE(st, nullptr);
+  auto h = st->Pin(1);
   std::size_t refused = 0;
   for (int li = 0; li < 2; ++li) {
     for (std::int64_t r0 = 0; r0 < ck.layout.layer_rows(li); r0 += 15) {
       std::vector<std::int64_t> rows;
       for (std::int64_t x = r0; x < std::min(r0 + 15, ck.layout.layer_rows(li)); ++x) rows.push_back(x);
       std::vector<std::byte> out(rows.size() * 264);
-      const Status s = (*st)->ReadRows(*h, li, rows, out);
+      const Status s = st->ReadRows(*h, li, rows, out);
       if (s.ok()) {
         ASSERT_EQ(out, test::ExpectedRows(ck.layout, li, rows));
       } else {
@@ -584,6 +591,62 @@ TEST(DirectBlocksReads, AFlippedByteIsRefusedNotServed) {
         EXPECT_NE(s.message().find("checksum"), std::string::npos) << s.ToString();
         ++refused;
       }
+    }
+  }
+  EXPECT_EQ(refused, 1U);
+}
+
+// Rows of a range in order: [first, first + n) of layer li, as the store must return them.
+std::vector<std::byte> ExpectedRange(const Layout& layout, int li, std::int64_t first, std::int64_t n) {
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) rows[static_cast<std::size_t>(i)] = first + i;
+  return test::ExpectedRows(layout, li, rows);
+}
+
+TEST(DirectBlocksReads, ReadRangeReadsWholeAndPartialRangesInLargeReads) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  { auto st = CreateAndIngest(dir, ck, IoMode::kIoUring); }
+  auto st = Store::Open(dir.File("store"), DirectOpts());
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  auto h = (*st)->Pin(1);
+  ASSERT_TRUE(h.ok());
+  const std::int64_t rows0 = ck.layout.layer_rows(0);
+  const StoreIoStats before = (*st)->io_stats();
+  std::vector<std::byte> all(static_cast<std::size_t>(rows0) * 264);
+  ASSERT_TRUE((*st)->ReadRange(*h, 0, 0, all).ok());
+  const StoreIoStats after = (*st)->io_stats();
+  EXPECT_EQ(all, ExpectedRange(ck.layout, 0, 0, rows0));
+  // Every page once, in reads of up to 512 pages each (not one read per page), no MultiGet.
+  const auto pages = static_cast<std::uint64_t>((rows0 + 14) / 15);
+  EXPECT_EQ(after.direct_bytes - before.direct_bytes, pages * 4096);
+  EXPECT_LE(after.direct_reads - before.direct_reads, pages / 512 + 8 + 8);  // a part per read thread
+  EXPECT_EQ(after.reads - before.reads, 0U);
+  // A range that starts and ends inside pages.
+  const std::int64_t first = 7;
+  const std::int64_t n = ck.layout.layer_rows(1) - 10;
+  std::vector<std::byte> part(static_cast<std::size_t>(n) * 264);
+  ASSERT_TRUE((*st)->ReadRange(*h, 1, first, part).ok());
+  EXPECT_EQ(part, ExpectedRange(ck.layout, 1, first, n));
+}
+
+TEST(DirectBlocksReads, ReadRangeOverAFlippedByteFailsAndNamesTheBlock) {
+  const auto& ck = test::SmallCheckpoint("deepseek-v4.1-flash", kFlashScale);
+  test::TempDir dir;
+  auto st = FlippedDirectStore(dir, ck);
+  ASSERT_NE(st, nullptr);
+  auto h = st->Pin(1);
+  std::size_t refused = 0;
+  for (int li = 0; li < 2; ++li) {
+    std::vector<std::byte> out(static_cast<std::size_t>(ck.layout.layer_rows(li)) * 264);
+    const Status s = st->ReadRange(*h, li, 0, out);
+    if (s.ok()) {
+      EXPECT_EQ(out, ExpectedRange(ck.layout, li, 0, ck.layout.layer_rows(li)));
+    } else {
+      EXPECT_EQ(s.code(), StatusCode::kCorruption) << s.ToString();
+      EXPECT_NE(s.message().find("checksum"), std::string::npos) << s.ToString();
+      EXPECT_NE(s.message().find(".sst offset"), std::string::npos) << s.ToString();
+      ++refused;
     }
   }
   EXPECT_EQ(refused, 1U);
