@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 
 #include "io_uring_fs.hpp"
 
@@ -83,18 +84,16 @@ const unsigned char* CheckBlock(const unsigned char* b, std::uint64_t key, std::
   return value;
 }
 
-// One io_uring per thread, `depth` reads deep, with twice as many block buffers: the reads completed in
-// one reap are checked and delivered while new reads into the spare buffers are already in the kernel,
-// so the disk's queue stays full while this thread works.
+// An io_uring `depth` reads deep and `buffer_count` aligned read buffers of `buffer_bytes` each.
 struct Ring {
   io_uring ring{};
   unsigned depth = 0;
   unsigned buffer_count = 0;
   int init_error = -1;
   void* buffers = nullptr;
-  explicit Ring(unsigned d) : depth(d), buffer_count(2 * d) {
+  Ring(unsigned d, unsigned count, std::size_t buffer_bytes) : depth(d), buffer_count(count) {
     init_error = io_uring_queue_init(d, &ring, 0);
-    if (posix_memalign(&buffers, kBlock, static_cast<std::size_t>(buffer_count) * kBlock) != 0) buffers = nullptr;
+    if (posix_memalign(&buffers, kBlock, count * buffer_bytes) != 0) buffers = nullptr;
   }
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
@@ -125,9 +124,12 @@ Status Submit(io_uring& ring, unsigned queued, bool wait, Count& in_flight, Dire
   return Status::Ok();
 }
 
+// Random block reads: one ring per thread, `depth` reads deep, with twice as many block buffers: the
+// reads completed in one reap are checked and delivered while new reads into the spare buffers are
+// already in the kernel, so the disk's queue stays full while this thread works.
 Ring& ThreadRing(unsigned depth) {
   thread_local std::unique_ptr<Ring> ring;
-  if (!ring || ring->depth != depth) ring = std::make_unique<Ring>(depth);
+  if (!ring || ring->depth != depth) ring = std::make_unique<Ring>(depth, 2 * depth, kBlock);
   return *ring;
 }
 
@@ -187,6 +189,12 @@ DirectBlockReader::~DirectBlockReader() {
   for (auto& f : files_) ::close(f.fd);
 }
 
+const DirectBlockReader::File* DirectBlockReader::FileOf(std::uint64_t key) const noexcept {
+  auto it = std::upper_bound(files_.begin(), files_.end(), key,
+                             [](std::uint64_t k, const File& f) { return k < f.first_key; });
+  return it == files_.begin() || key > (it - 1)->last_key ? nullptr : &*(it - 1);
+}
+
 Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
                                const std::function<std::uint32_t(std::size_t)>& value_bytes, unsigned queue_depth,
                                const std::function<void(std::size_t, const std::byte*)>& deliver) const {
@@ -223,17 +231,15 @@ Status DirectBlockReader::Read(std::span<const std::uint64_t> keys,
       ++queued;
     }
     while (next < keys.size() && !free_slots.empty() && in_flight < ring.depth && first_error.ok()) {
-      const std::uint64_t key = keys[next];
-      auto it = std::upper_bound(files_.begin(), files_.end(), key,
-                                 [](std::uint64_t k, const File& f) { return k < f.first_key; });
-      if (it == files_.begin() || key > (it - 1)->last_key) {
-        first_error = Status::Corruption(fmt::format("direct reads: no file holds page key {:016x}", key));
+      const File* f = FileOf(keys[next]);
+      if (f == nullptr) {
+        first_error = Status::Corruption(fmt::format("direct reads: no file holds page key {:016x}", keys[next]));
         break;
       }
       const unsigned slot = free_slots.back();
       free_slots.pop_back();
       slot_item[slot] = next;
-      slot_file[slot] = &*(it - 1);
+      slot_file[slot] = f;
       prep(slot);
       ++next;
       ++queued;
@@ -313,21 +319,7 @@ Status DirectBlockReader::ReadSpan(std::uint64_t first_key, std::uint64_t count,
   if (count == 0) return Status::Ok();
   constexpr std::uint64_t kChunkPages = 512;  // 2 MiB a read
   constexpr unsigned kDepth = 4;
-  struct SpanRing {
-    io_uring ring{};
-    int init_error = -1;
-    void* buffers = nullptr;
-    SpanRing() {
-      init_error = io_uring_queue_init(kDepth, &ring, 0);
-      if (posix_memalign(&buffers, kBlock, kDepth * kChunkPages * kBlock) != 0) buffers = nullptr;
-    }
-    SpanRing(const SpanRing&) = delete;
-    SpanRing& operator=(const SpanRing&) = delete;
-    ~SpanRing() {
-      if (init_error == 0) io_uring_queue_exit(&ring);
-      std::free(buffers);
-    }
-  } r;
+  Ring r(kDepth, kDepth, kChunkPages * kBlock);  // the call's own: its buffers are 2 MiB
   if (r.init_error != 0) {
     return Status::IOError(fmt::format("direct span reads: io_uring_queue_init: {}", std::strerror(-r.init_error)));
   }
@@ -339,7 +331,8 @@ Status DirectBlockReader::ReadSpan(std::uint64_t first_key, std::uint64_t count,
     std::uint64_t pages = 0;
   };
   std::array<Chunk, kDepth> chunks{};
-  std::vector<unsigned> free_slots = {3, 2, 1, 0};
+  std::vector<unsigned> free_slots(kDepth);
+  std::iota(free_slots.rbegin(), free_slots.rend(), 0U);
   std::uint64_t next = 0;
   unsigned in_flight = 0;
   Status first_error;
@@ -355,16 +348,14 @@ Status DirectBlockReader::ReadSpan(std::uint64_t first_key, std::uint64_t count,
     unsigned queued = 0;
     while (next < count && !free_slots.empty() && first_error.ok()) {
       const std::uint64_t key = first_key + next;
-      auto it = std::upper_bound(files_.begin(), files_.end(), key,
-                                 [](std::uint64_t k, const File& f) { return k < f.first_key; });
-      if (it == files_.begin() || key > (it - 1)->last_key) {
+      const File* f = FileOf(key);
+      if (f == nullptr) {
         first_error = Status::Corruption(fmt::format("direct span reads: no file holds page key {:016x}", key));
         break;
       }
-      const File& f = *(it - 1);
       const unsigned slot = free_slots.back();
       free_slots.pop_back();
-      chunks[slot] = {&f, next, std::min({kChunkPages, count - next, f.last_key - key + 1})};
+      chunks[slot] = {f, next, std::min({kChunkPages, count - next, f->last_key - key + 1})};
       next += chunks[slot].pages;
       prep(slot);
       ++queued;

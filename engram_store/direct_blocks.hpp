@@ -62,6 +62,8 @@ class DirectBlockReader {
     std::string path;
   };
   DirectBlockReader() = default;
+  // The file holding page `key`, or nullptr.
+  [[nodiscard]] const File* FileOf(std::uint64_t key) const noexcept;
   std::vector<File> files_;  // sorted by first_key
   std::shared_ptr<DirectBlockStats> stats_;
 };

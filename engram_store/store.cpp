@@ -1006,86 +1006,76 @@ Status Store::ReadRange(const VersionHandle& version, int layer_index, std::int6
   const std::uint64_t rpk = im.rows_per_key;
   const auto first = static_cast<std::uint64_t>(first_row);
   const auto last = first + static_cast<std::uint64_t>(count);  // exclusive
-  // Parts of whole pages, one iterator each.
+  // Parts of whole pages, one a read thread: with kDirectBlocks each read in large direct reads (its
+  // pages lie consecutively in their files), else with one RocksDB iterator.
   const std::uint64_t first_page = first / rpk;
   const std::uint64_t end_page = (last + rpk - 1) / rpk;
   const std::uint64_t parts =
       std::clamp<std::uint64_t>(std::max<std::uint32_t>(im.options.read_threads, 1), 1, end_page - first_page);
   const std::uint64_t per = (end_page - first_page + parts - 1) / parts;
+  detail::DirectBlockReader* reader = nullptr;
+  if (im.options.read_path == ReadPath::kDirectBlocks) {
+    ENGRAM_ASSIGN_OR_RETURN(reader, DirectReader(im, st.holder->db.get(), *st.generation));
+  }
+  auto page_rows = [&](std::uint64_t page) {
+    return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page * rpk);
+  };
+  // The page's rows that are in the range, from its value.
+  auto copy_page = [&](std::uint64_t page, const std::byte* value) {
+    const std::uint64_t page_first = page * rpk;
+    const std::uint64_t a = std::max(first, page_first);
+    const std::uint64_t b = std::min(last, page_first + page_rows(page));
+    std::memcpy(out.data() + (a - first) * row_bytes, value + (a - page_first) * row_bytes, (b - a) * row_bytes);
+  };
+  auto direct_part = [&](std::uint64_t p0, std::uint64_t p1) {
+    return reader
+        ->ReadSpan((static_cast<std::uint64_t>(layer_index) << 56) | p0, p1 - p0,
+                   [&](std::uint64_t i) { return static_cast<std::uint32_t>(page_rows(p0 + i) * row_bytes); },
+                   [&](std::uint64_t i, const std::byte* value) { copy_page(p0 + i, value); })
+        .WithContext(
+            fmt::format("store {}: version {}: layer {} rows [{}, {})", im.dir, st.id, layer_id, p0 * rpk, p1 * rpk));
+  };
+  auto iterator_part = [&](std::uint64_t p0, std::uint64_t p1) -> Status {
+    rocksdb::ReadOptions ro;
+    ro.verify_checksums = true;
+    ro.fill_cache = false;
+    ro.readahead_size = 8 << 20;
+    const std::string upper = detail::PageKey(layer_index, p1);
+    rocksdb::Slice upper_slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(st.holder->db->NewIterator(ro, st.generation->cf));
+    it->Seek(detail::PageKey(layer_index, p0));
+    for (std::uint64_t page = p0; page < p1; ++page, it->Next()) {
+      const std::uint64_t page_first = page * rpk;
+      if (!it->Valid()) {
+        return Status::Corruption(fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id,
+                                              layer_id, page_first, page_first + page_rows(page),
+                                              it->status().ok() ? "missing" : it->status().ToString()));
+      }
+      if (it->key().ToString() != detail::PageKey(layer_index, page) ||
+          it->value().size() != page_rows(page) * row_bytes) {
+        return Status::Corruption(
+            fmt::format("store {}: version {}: layer {} rows [{}, {}): unexpected key or a "
+                        "value of {} bytes (expected {})",
+                        im.dir, st.id, layer_id, page_first, page_first + page_rows(page), it->value().size(),
+                        page_rows(page) * row_bytes));
+      }
+      copy_page(page, reinterpret_cast<const std::byte*>(it->value().data()));
+    }
+    return Status::Ok();
+  };
   std::mutex error_mu;
   Status error;
-  if (im.options.read_path == ReadPath::kDirectBlocks) {
-    // The range's pages lie consecutively in their files: each part is read in large direct reads.
-    ENGRAM_ASSIGN_OR_RETURN(detail::DirectBlockReader * reader, DirectReader(im, st.holder->db.get(), *st.generation));
-    const std::uint64_t layer_key = static_cast<std::uint64_t>(layer_index) << 56;
-    im.pool->ParallelFor(parts, [&](std::size_t part) {
-      const std::uint64_t p0 = first_page + part * per;
-      const std::uint64_t p1 = std::min(end_page, p0 + per);
-      if (p0 >= p1) return;
-      auto page_rows = [&](std::uint64_t page) {
-        return std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page * rpk);
-      };
-      Status s = reader->ReadSpan(
-          layer_key | p0, p1 - p0,
-          [&](std::uint64_t i) { return static_cast<std::uint32_t>(page_rows(p0 + i) * row_bytes); },
-          [&](std::uint64_t i, const std::byte* value) {
-            const std::uint64_t page_first = (p0 + i) * rpk;
-            const std::uint64_t a = std::max(first, page_first);
-            const std::uint64_t b = std::min(last, page_first + page_rows(p0 + i));
-            std::memcpy(out.data() + (a - first) * row_bytes, value + (a - page_first) * row_bytes,
-                        (b - a) * row_bytes);
-          });
-      if (!s.ok()) {
-        std::lock_guard<std::mutex> lock(error_mu);
-        if (error.ok()) {
-          error = std::move(s).WithContext(
-              fmt::format("store {}: version {}: layer {} rows [{}, {})", im.dir, st.id, layer_id, p0 * rpk, p1 * rpk));
-        }
-      }
-    });
-  } else {
-    im.pool->ParallelFor(parts, [&](std::size_t part) {
-      const std::uint64_t p0 = first_page + part * per;
-      const std::uint64_t p1 = std::min(end_page, p0 + per);
-      if (p0 >= p1) return;
-      rocksdb::ReadOptions ro;
-      ro.verify_checksums = true;
-      ro.fill_cache = false;
-      ro.readahead_size = 8 << 20;
-      const std::string upper = detail::PageKey(layer_index, p1);
-      rocksdb::Slice upper_slice(upper);
-      ro.iterate_upper_bound = &upper_slice;
-      std::unique_ptr<rocksdb::Iterator> it(st.holder->db->NewIterator(ro, st.generation->cf));
-      it->Seek(detail::PageKey(layer_index, p0));
-      for (std::uint64_t page = p0; page < p1; ++page) {
-        const std::uint64_t page_first = page * rpk;
-        const std::uint64_t page_rows =
-            std::min<std::uint64_t>(rpk, static_cast<std::uint64_t>(layer_rows) - page_first);
-        Status bad;
-        if (!it->Valid()) {
-          bad = Status::Corruption(fmt::format("store {}: version {}: layer {} rows [{}, {}): {}", im.dir, st.id,
-                                               layer_id, page_first, page_first + page_rows,
-                                               it->status().ok() ? "missing" : it->status().ToString()));
-        } else if (it->key().ToString() != detail::PageKey(layer_index, page) ||
-                   it->value().size() != page_rows * row_bytes) {
-          bad = Status::Corruption(fmt::format(
-              "store {}: version {}: layer {} rows [{}, {}): unexpected key or a "
-              "value of {} bytes (expected {})",
-              im.dir, st.id, layer_id, page_first, page_first + page_rows, it->value().size(), page_rows * row_bytes));
-        }
-        if (!bad.ok()) {
-          std::lock_guard<std::mutex> lock(error_mu);
-          if (error.ok()) error = std::move(bad);
-          return;
-        }
-        const std::uint64_t a = std::max(first, page_first);
-        const std::uint64_t b = std::min(last, page_first + page_rows);
-        std::memcpy(out.data() + (a - first) * row_bytes, it->value().data() + (a - page_first) * row_bytes,
-                    (b - a) * row_bytes);
-        it->Next();
-      }
-    });
-  }
+  im.pool->ParallelFor(parts, [&](std::size_t part) {
+    const std::uint64_t p0 = first_page + part * per;
+    const std::uint64_t p1 = std::min(end_page, p0 + per);
+    if (p0 >= p1) return;
+    Status s = reader != nullptr ? direct_part(p0, p1) : iterator_part(p0, p1);
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (error.ok()) error = std::move(s);
+    }
+  });
   if (!error.ok()) return error;
   // Edited rows in the range.
   std::vector<std::int64_t> edited;

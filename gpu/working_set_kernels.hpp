@@ -114,10 +114,6 @@ struct SortBuffers {
 };
 // CUB's temporary bytes for sorting `n` lookups on keys of `end_bit` bits.
 Result<std::uint64_t> SortTempBytes(std::uint64_t n, int end_bit);
-// Hashes every lookup of layer `a` (its window and columns as for LaunchResolve) and sorts them by row,
-// DEAD positions last, into `sb`; points a.sorted_rows / sorted_index / sorted_dead at the result, so
-// that LaunchResolve reads host rows in address order (mapped reads spread over gigabytes slow down
-// 2-4x in random order: docs/gpu.md). a.out.n <= sb.capacity.
 // Writes a step's new ids, handed over in device memory, into its uploaded windows: id k goes to
 // window[token_pos[k]] unless the host marked that position DEAD (kDeadId). With `map` (raw tokenizer
 // ids; map_size entries, -1 where undefined) id k is map[id]. An id the map does not cover or define, or
@@ -125,6 +121,10 @@ Result<std::uint64_t> SortTempBytes(std::uint64_t n, int end_bit);
 // gets the same ids, fails the step and the sequence.
 Status LaunchPlaceIds(const std::int32_t* ids, std::uint64_t n, const std::uint32_t* token_pos, std::int32_t* window,
                       const std::int32_t* map, std::uint32_t map_size, std::int64_t vocab, cudaStream_t stream);
+// Hashes every lookup of layer `a` (its window and columns as for LaunchResolve) and sorts them by row,
+// DEAD positions last, into `sb`; points a.sorted_rows / sorted_index / sorted_dead at the result, so
+// that LaunchResolve reads host rows in address order (mapped reads spread over gigabytes slow down
+// 2-4x in random order: docs/gpu.md). a.out.n <= sb.capacity.
 // `per_warp`: ResolveArgs::sorted_chunk to set (even, 2..16), or 0 to choose it from the layer's size.
 Status LaunchSortLookups(ResolveArgs& a, const SortBuffers& sb, std::uint32_t per_warp, cudaStream_t stream);
 // Runs the sort's kernels once on `n` garbage keys (every size class the sort uses), so that lazy module

@@ -128,8 +128,8 @@ struct LayerStats {
   std::uint64_t resident_hits = 0;  // distinct rows served by resident regions
   std::uint64_t cache_hits = 0;     // ... by the host row cache
   std::uint64_t disk_rows = 0;      // ... read from the store
-  std::uint64_t disk_reads = 0;     // read requests those store reads issued (the store's counters around the
-                                    // call; includes any other reader of the same store at that moment)
+  std::uint64_t disk_reads = 0;     // read requests those store reads issued (their own: Store::ReadRows'
+                                    // ReadStats, not counting other readers of the same store)
   std::uint64_t disk_bytes = 0;     // bytes they read
   std::uint64_t failed_steps = 0;
   double hash_seconds = 0;    // hashing the layer's row ids (on gather_threads threads); 0 for a layer whose
