@@ -86,6 +86,9 @@ struct Args {
   gpu::MissPath loop_path = gpu::MissPath::kAuto;
   bool grow_huge_pages = false;  // the resident tier on explicit huge pages, growing the pool (root)
   std::string shapes;            // transfer and hit shapes whose name contains one of these (comma-separated)
+  // The hit section's plain gathers: "slots" (the rows where the cache holds them), "compact" (the rows
+  // copied into an array of the largest layer's size, as before session 8), or "both".
+  std::string hit_baseline = "both";
 };
 
 // WorkingSetOptions::fuse_lookups for every working set of the run (--fuse).
@@ -368,6 +371,47 @@ double KernelGather(const std::vector<std::vector<std::uint64_t>>& srcs_per_laye
   return best;
 }
 
+// The device addresses of the cache slots holding each lookup's row ([step][layer] -> [lookup]), looked up
+// on the device in the working set's HBM cache; a row not cached gets `fallback`'s address and is counted.
+std::vector<std::vector<std::uint64_t>> SlotSources(gpu::WorkingSet& ws,
+                                                    const std::vector<std::vector<std::vector<std::int64_t>>>& rows,
+                                                    std::uint64_t& not_cached) {
+  Must(ws.Synchronize(), "synchronize");
+  std::size_t most = 0;
+  for (const auto& s : rows) {
+    for (const auto& l : s) most = std::max(most, l.size());
+  }
+  std::int64_t* d_rows = nullptr;
+  std::int32_t* d_slots = nullptr;
+  CK(cudaMalloc(reinterpret_cast<void**>(&d_rows), std::max<std::size_t>(most, 1) * 8));
+  CK(cudaMalloc(reinterpret_cast<void**>(&d_slots), std::max<std::size_t>(most, 1) * 4));
+  std::vector<std::vector<std::uint64_t>> out;
+  std::vector<std::int32_t> slots;
+  not_cached = 0;
+  for (const auto& s : rows) {
+    for (std::size_t l = 0; l < s.size(); ++l) {
+      const auto n = static_cast<std::uint32_t>(s[l].size());
+      CK(cudaMemcpy(d_rows, s[l].data(), n * 8ULL, cudaMemcpyHostToDevice));
+      Must(ws.LookupAsync(static_cast<int>(l), d_rows, n, d_slots, nullptr), "lookup");
+      slots.resize(n);
+      CK(cudaMemcpy(slots.data(), d_slots, n * 4ULL, cudaMemcpyDeviceToHost));
+      std::vector<std::uint64_t> src(n);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const std::byte* p = ws.CacheSlotRow(slots[i]);
+        if (p == nullptr) {
+          ++not_cached;
+          p = ws.CacheSlotRow(0);
+        }
+        src[i] = reinterpret_cast<std::uint64_t>(p);
+      }
+      out.push_back(std::move(src));
+    }
+  }
+  cudaFree(d_rows);
+  cudaFree(d_slots);
+  return out;
+}
+
 std::unique_ptr<gpu::WorkingSet> MakeWs(const engram::store::Store& store, const engram::store::VersionHandle& v,
                                         memory::HostTier* host, gpu::MissPath path, std::uint64_t cache,
                                         std::uint32_t threads, std::int64_t max_tokens, bool bf16 = true,
@@ -444,6 +488,8 @@ int main(int argc, char** argv) {
       g_sorted_per_warp = static_cast<std::uint32_t>(std::stoul(v));
     else if (k == "--shapes")
       a.shapes = v;
+    else if (k == "--hit-baseline")
+      a.hit_baseline = v;
     else if (k == "--grow-huge-pages")
       a.grow_huge_pages = v == "1";
     else if (k == "--loop-path")
@@ -461,7 +507,7 @@ int main(int argc, char** argv) {
                  "usage: bench_working_set --store DIR [--threads 16] [--seconds 2] [--sections transfer,hit,loop] "
                  "[--loop-host resident|cache] [--loop-path auto|staged|zero-copy|device] [--host-cache BYTES] "
                  "[--hbm-cache BYTES] [--fuse LOOKUPS] [--sort LOOKUPS] [--sorted-per-warp N] [--grow-huge-pages 0|1] "
-                 "[--shapes decode,prefill]\n");
+                 "[--shapes decode,prefill] [--hit-baseline slots|compact|both]\n");
     return 2;
   }
   auto store = Must(engram::store::Store::Open(a.store), "open store");
@@ -594,9 +640,9 @@ int main(int argc, char** argv) {
   if (a.sections.find("hit") != std::string::npos) {
     std::printf(
         "\n== hit: every row in the HBM cache, rows output only (lookups/s end to end; device time of the "
-        "assembly vs a plain device gather of the same lookups, each launch timed by its own events as the "
-        "working set times its kernels)\n");
-    std::printf("%-16s %-8s %12s %12s %12s %12s %8s\n", "shape", "path", "ws e2e", "ws assembly", "plain gather",
+        "assembly vs a plain device gather of the same lookups from the cache slots holding their rows, each "
+        "launch timed by its own events as the working set times its kernels)\n");
+    std::printf("%-16s %-8s %12s %12s %12s %12s %8s\n", "shape", "path", "ws e2e", "ws assembly", "plain (slots)",
                 "asm/gather", "target");
     need_resident();
     std::vector<std::pair<Shape, gpu::MissPath>> runs;
@@ -623,32 +669,46 @@ int main(int argc, char** argv) {
           static_cast<double>(r.steps) *
           static_cast<double>(sh.sequences * sh.tokens * static_cast<std::size_t>(layout.columns() * layers));
       const double asm_rate = asm_s > 0 ? lookups / asm_s : 0;
-      // Baseline: a device array of the same rows, gathered by per-lookup addresses.
+      // Baselines: a plain gather of the same rows by per-lookup addresses, (1) where the cache holds them
+      // (the same bytes at the same addresses; only the lookup differs), (2) copied into a compact array of
+      // the largest layer's size (the baseline before session 8: for decode it fits in L2).
       const auto rows = HashSteps(layout, steps);
-      std::size_t most = 0;
-      for (const auto& s : rows) {
-        for (const auto& l : s) most = std::max(most, l.size());
+      double plain = 0, plain_b2b = 0, compact = 0, compact_b2b = 0;
+      std::uint64_t not_cached = 0;
+      if (a.hit_baseline != "compact") {
+        const auto srcs = SlotSources(*ws, rows, not_cached);
+        plain = KernelGather(srcs, layout.row_bytes(), a.seconds / 2, GatherTiming::kPerLaunch);
+        plain_b2b = KernelGather(srcs, layout.row_bytes(), a.seconds / 2);
       }
-      std::byte* arr = nullptr;
-      CK(cudaMalloc(reinterpret_cast<void**>(&arr), most * layout.row_bytes()));
-      std::vector<std::vector<std::uint64_t>> srcs;
-      for (const auto& s : rows) {
-        for (const auto& l : s) {
-          std::vector<std::uint64_t> v2(l.size());
-          for (std::size_t i = 0; i < l.size(); ++i) {
-            v2[i] = reinterpret_cast<std::uint64_t>(arr + (static_cast<std::uint64_t>(l[i]) * 2654435761ULL % most) *
-                                                              layout.row_bytes());
-          }
-          srcs.push_back(std::move(v2));
+      if (a.hit_baseline != "slots") {
+        std::size_t most = 0;
+        for (const auto& s : rows) {
+          for (const auto& l : s) most = std::max(most, l.size());
         }
+        std::byte* arr = nullptr;
+        CK(cudaMalloc(reinterpret_cast<void**>(&arr), most * layout.row_bytes()));
+        std::vector<std::vector<std::uint64_t>> srcs;
+        for (const auto& s : rows) {
+          for (const auto& l : s) {
+            std::vector<std::uint64_t> v2(l.size());
+            for (std::size_t i = 0; i < l.size(); ++i) {
+              v2[i] = reinterpret_cast<std::uint64_t>(arr + (static_cast<std::uint64_t>(l[i]) * 2654435761ULL % most) *
+                                                                layout.row_bytes());
+            }
+            srcs.push_back(std::move(v2));
+          }
+        }
+        compact = KernelGather(srcs, layout.row_bytes(), a.seconds / 2, GatherTiming::kPerLaunch);
+        compact_b2b = KernelGather(srcs, layout.row_bytes(), a.seconds / 2);
+        cudaFree(arr);
       }
-      const double plain = KernelGather(srcs, layout.row_bytes(), a.seconds / 2, GatherTiming::kPerLaunch);
-      const double plain_b2b = KernelGather(srcs, layout.row_bytes(), a.seconds / 2);
-      cudaFree(arr);
+      auto pct = [](double x, double y) { return y > 0 ? 100 * x / y : 0.0; };
       std::printf(
-          "%-16s %-8s %12.4g %12.4g %12.4g %11.0f%% %8s   (hit %.1f%%; plain gather back to back %.4g: %.0f%%)\n",
-          sh.name.c_str(), gpu::MissPathName(path), r.lookups_per_s, asm_rate, plain, 100 * asm_rate / plain, ">=70%",
-          100 * hits / std::max(1.0, hits + staged), plain_b2b, 100 * asm_rate / plain_b2b);
+          "%-16s %-8s %12.4g %12.4g %12.4g %11.0f%% %8s   (hit %.1f%%; slots back to back %.4g: %.0f%%; compact array "
+          "%.4g: %.0f%%, back to back %.4g: %.0f%%; %llu lookups not cached)\n",
+          sh.name.c_str(), gpu::MissPathName(path), r.lookups_per_s, asm_rate, plain, pct(asm_rate, plain), ">=70%",
+          100 * hits / std::max(1.0, hits + staged), plain_b2b, pct(asm_rate, plain_b2b), compact,
+          pct(asm_rate, compact), compact_b2b, pct(asm_rate, compact_b2b), static_cast<unsigned long long>(not_cached));
     }
   }
 
