@@ -20,6 +20,10 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j "$jobs"
 (cd build && ctest -j "$jobs" --output-on-failure)
 
+step "Python package (python/engram) over libengram.so"
+ENGRAM_LIBRARY="$PWD/build/capi/libengram.so.0" ENGRAM_CLI="$PWD/build/tools/engram" PYTHONPATH="$PWD/python" \
+  python3 -m unittest discover -s python/tests
+
 step "install, and build examples/ against the installed package (CMake config and pkg-config)"
 inst="$PWD/build/install" ex="$PWD/build/examples"
 rm -rf "$inst" "$ex"

@@ -12,7 +12,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git file
   librocksdb-dev liburing-dev libxxhash-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
-  clang clang-tidy clang-format fio
+  clang clang-tidy clang-format fio python3
 )
 
 missing=()
