@@ -192,7 +192,7 @@ ENGRAM_API ENGRAM_MUST_USE engram_status engram_runtime_create(engram_store* sto
 /* Finishes the steps in flight, then frees everything (NULL is ignored). On the GPU backend every
  * stream wait must have had its done, or the device work it guards never ends. */
 ENGRAM_API void engram_runtime_destroy(engram_runtime* runtime);
-/* ENGRAM_BACKEND_CPU or ENGRAM_BACKEND_GPU: what the runtime runs on. */
+/* ENGRAM_BACKEND_CPU or ENGRAM_BACKEND_GPU: what the runtime runs on (ENGRAM_BACKEND_AUTO for NULL). */
 ENGRAM_API engram_backend engram_runtime_backend(const engram_runtime* runtime);
 
 /* ---- Sequences ----------------------------------------------------------------------------------------- */

@@ -122,8 +122,30 @@ def _int32_array(values):
     return (ctypes.c_int32 * len(values))(*values), len(values)
 
 
-class Store:
+class _Handle:
+    """An engram object owned through its C handle (self._h), freed by the C function named _FREE."""
+
+    _FREE = ""
+
+    def close(self):
+        if getattr(self, "_h", None):
+            getattr(library(), self._FREE)(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Store(_Handle):
     """The table of record (engram_store_open). read_path: "multiget" or "direct"; io: "uring" or "posix"."""
+
+    _FREE = "engram_store_close"
 
     def __init__(self, path, io="uring", read_path="multiget", read_threads=None):
         lib = library()
@@ -152,19 +174,6 @@ class Store:
         _check(library().engram_store_compress_tokens(self._h, arr, n, out))
         return list(out)
 
-    def close(self):
-        if getattr(self, "_h", None):
-            library().engram_store_close(self._h)
-            self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 class LayerOutput:
@@ -206,9 +215,11 @@ def _view(ptr, shape, kind, device):
     return t if kind == "u1" else t.view(torch.bfloat16)
 
 
-class Runtime:
+class Runtime(_Handle):
     """A serving runtime (engram_runtime_create): backend "auto", "cpu" or "gpu"; miss_path "auto", "staged",
     "zero_copy" or "device". Other options as engram_runtime_options (docs/c-api.md); None keeps the default."""
+
+    _FREE = "engram_runtime_destroy"
 
     def __init__(self, store, backend="auto", resident=False, version=0, host_cache_bytes=None,
                  host_budget_bytes=None, gather_threads=None, staging_bytes=None, bf16=True, hbm_cache_bytes=None,
@@ -310,17 +321,3 @@ class Runtime:
         _check(code)
         text = buf.value.decode()
         return json.loads(text) if format == "json" else text
-
-    def close(self):
-        if getattr(self, "_h", None):
-            library().engram_runtime_destroy(self._h)
-            self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
