@@ -34,6 +34,7 @@
 #include "../core/percentile.hpp"
 #include "../core/thread_pool.hpp"
 #include "../gpu/working_set_kernels.hpp"
+#include "bench_cuda.hpp"
 #include "bench_data.hpp"
 #include "engram/gpu/host_memory.hpp"
 #include "engram/gpu/working_set.hpp"
@@ -41,39 +42,13 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using engram::bench::Clock;
+using engram::bench::Must;
+using engram::bench::Since;
 using engram::detail::Percentile;
 namespace gpu = engram::gpu;
 namespace memory = engram::memory;
 namespace prefetch = engram::prefetch;
-
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-#define CK(expr)                                                                                   \
-  do {                                                                                             \
-    const cudaError_t e_ = (expr);                                                                 \
-    if (e_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s: %s (%s:%d)\n", #expr, cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                                \
-    }                                                                                              \
-  } while (0)
-
-template <typename T>
-T Must(engram::Result<T> r, const char* what) {
-  if (!r.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, r.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*r);
-}
-void Must(const engram::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, s.ToString().c_str());
-    std::exit(1);
-  }
-}
 
 struct Args {
   std::string store;

@@ -152,6 +152,17 @@ engram::Status NeedGpu(const engram_runtime* rt, const char* what) {
   }
   return engram::Status::Ok();
 }
+
+// The GPU-only calls: `fn` on the runtime's working set, or why there is none.
+template <typename Fn>
+engram_status OnGpu(const char* what, engram_runtime* runtime, int32_t layer_index, Fn&& fn) {
+  return Guard(what, [&]() -> engram::Status {
+    ENGRAM_RETURN_IF_ERROR(NeedPtr(runtime, "runtime"));
+    if (layer_index >= 0) ENGRAM_RETURN_IF_ERROR(CheckLayer(runtime, layer_index));
+    ENGRAM_RETURN_IF_ERROR(NeedGpu(runtime, what));
+    return fn(*runtime->working_set);
+  });
+}
 #endif
 
 }  // namespace
@@ -505,6 +516,99 @@ engram_status engram_step_output(engram_runtime* runtime, uint64_t step, int32_t
     return WriteOut(LayerOutputOf(h, ENGRAM_MEMORY_HOST), out, "engram_layer_output");
   });
 }
+
+#ifdef ENGRAM_C_WITH_GPU
+engram_status engram_step_slot(engram_runtime* runtime, uint64_t step, uint32_t* out_slot) {
+  return OnGpu("engram_step_slot", runtime, -1, [&](engram::gpu::WorkingSet& ws) -> engram::Status {
+    ENGRAM_RETURN_IF_ERROR(NeedPtr(out_slot, "out_slot"));
+    if (step == 0) return engram::Status::InvalidArgument("step 0 does not exist (steps are numbered from 1)");
+    *out_slot = ws.SlotOf(step);
+    return engram::Status::Ok();
+  });
+}
+
+engram_status engram_slot_wait_stream(engram_runtime* runtime, uint32_t slot, int32_t layer_index, void* cuda_stream) {
+  return OnGpu("engram_slot_wait_stream", runtime, layer_index, [&](engram::gpu::WorkingSet& ws) {
+    return ws.WaitSlot(slot, layer_index, static_cast<engram::gpu::Stream>(cuda_stream));
+  });
+}
+
+engram_status engram_slot_done_stream(engram_runtime* runtime, uint32_t slot, int32_t layer_index, void* cuda_stream) {
+  return OnGpu("engram_slot_done_stream", runtime, layer_index, [&](engram::gpu::WorkingSet& ws) {
+    return ws.DoneSlot(slot, layer_index, static_cast<engram::gpu::Stream>(cuda_stream));
+  });
+}
+
+engram_status engram_slot_output(engram_runtime* runtime, uint32_t slot, int32_t layer_index,
+                                 engram_layer_output* out) {
+  return OnGpu("engram_slot_output", runtime, layer_index, [&](engram::gpu::WorkingSet& ws) -> engram::Status {
+    ENGRAM_ASSIGN_OR_RETURN(const engram::gpu::DeviceLayerOutput d, ws.SlotOutput(slot, layer_index));
+    return WriteOut(LayerOutputOf(d, ENGRAM_MEMORY_DEVICE), out, "engram_layer_output");
+  });
+}
+
+engram_status engram_step_submit_device_ids(engram_runtime* runtime, const engram_device_sequence_input* batch,
+                                            size_t batch_size, const int32_t* device_ids, engram_device_ids kind,
+                                            void* producer_stream, uint64_t* out_step) {
+  return OnGpu("engram_step_submit_device_ids", runtime, -1, [&](engram::gpu::WorkingSet& ws) -> engram::Status {
+    ENGRAM_RETURN_IF_ERROR(NeedPtr(out_step, "out_step"));
+    if (batch_size > 0) ENGRAM_RETURN_IF_ERROR(NeedPtr(batch, "batch"));
+    if (kind != ENGRAM_IDS_COMPRESSED && kind != ENGRAM_IDS_RAW) {
+      return engram::Status::InvalidArgument("kind " + std::to_string(static_cast<int>(kind)) +
+                                             " (ENGRAM_IDS_COMPRESSED or ENGRAM_IDS_RAW)");
+    }
+    std::int64_t total = 0;
+    std::vector<engram::gpu::DeviceSequenceInput> in(batch_size);
+    for (std::size_t b = 0; b < batch_size; ++b) {
+      const engram_device_sequence_input& s = batch[b];
+      if (s.num_tokens < 0) {
+        return engram::Status::InvalidArgument("batch[" + std::to_string(b) + "].num_tokens " +
+                                               std::to_string(s.num_tokens) + " is negative");
+      }
+      in[b].sequence = s.sequence;
+      in[b].tokens = s.num_tokens;
+      if (s.dead != nullptr) in[b].dead = std::span(s.dead, static_cast<std::size_t>(s.num_tokens));
+      total += s.num_tokens;
+    }
+    if (total > 0) ENGRAM_RETURN_IF_ERROR(NeedPtr(device_ids, "device_ids"));
+    ENGRAM_ASSIGN_OR_RETURN(*out_step, ws.SubmitDeviceIds(in, device_ids,
+                                                          kind == ENGRAM_IDS_RAW ? engram::gpu::DeviceIds::kRaw
+                                                                                 : engram::gpu::DeviceIds::kCompressed,
+                                                          static_cast<engram::gpu::Stream>(producer_stream)));
+    return engram::Status::Ok();
+  });
+}
+#else
+// Without the GPU module: the GPU-only calls say so.
+static engram_status NoGpu(const char* what, const engram_runtime* runtime) {
+  return Guard(what, [&]() -> engram::Status {
+    ENGRAM_RETURN_IF_ERROR(NeedPtr(runtime, "runtime"));
+    return engram::Status::FailedPrecondition(std::string(what) +
+                                              " needs the GPU backend; this library has no GPU module");
+  });
+}
+engram_status engram_step_slot(engram_runtime* runtime, uint64_t /*step*/, uint32_t* /*out_slot*/) {
+  return NoGpu("engram_step_slot", runtime);
+}
+engram_status engram_slot_wait_stream(engram_runtime* runtime, uint32_t /*slot*/, int32_t /*layer_index*/,
+                                      void* /*cuda_stream*/) {
+  return NoGpu("engram_slot_wait_stream", runtime);
+}
+engram_status engram_slot_done_stream(engram_runtime* runtime, uint32_t /*slot*/, int32_t /*layer_index*/,
+                                      void* /*cuda_stream*/) {
+  return NoGpu("engram_slot_done_stream", runtime);
+}
+engram_status engram_slot_output(engram_runtime* runtime, uint32_t /*slot*/, int32_t /*layer_index*/,
+                                 engram_layer_output* /*out*/) {
+  return NoGpu("engram_slot_output", runtime);
+}
+engram_status engram_step_submit_device_ids(engram_runtime* runtime, const engram_device_sequence_input* /*batch*/,
+                                            size_t /*batch_size*/, const int32_t* /*device_ids*/,
+                                            engram_device_ids /*kind*/, void* /*producer_stream*/,
+                                            uint64_t* /*out_step*/) {
+  return NoGpu("engram_step_submit_device_ids", runtime);
+}
+#endif
 
 engram_status engram_step_finish(engram_runtime* runtime, uint64_t step) {
   return Guard("engram_step_finish", [&]() -> engram::Status {

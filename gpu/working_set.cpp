@@ -1077,6 +1077,7 @@ Status WorkingSet::Impl::Enqueue(std::span<const std::int32_t> lookup, std::span
   // The descriptors of the previous step in this slot must have been copied before they are rewritten
   // (an event never recorded is complete).
   ENGRAM_CUDA_RETURN(cudaEventSynchronize(desc_free[sl]));
+  Log(LogLevel::kDebug, "working set: step {} layer index {}: slot {}'s descriptors free", p.step, p.layer, slot);
   std::byte* h = desc_host[sl];
   std::uint64_t off = 0;
   auto put = [&](const void* src, std::uint64_t bytes) {

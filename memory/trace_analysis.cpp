@@ -13,6 +13,7 @@
 #include "../core/thread_pool.hpp"
 #include "engram/detail/set_cache.hpp"
 #include "engram/hasher.hpp"
+#include "engram/memory/cache_sim.hpp"
 #include "engram/token_map.hpp"
 
 namespace engram::memory {
@@ -132,25 +133,15 @@ std::uint64_t OptimalHits(const std::vector<std::uint32_t>& ids, const std::vect
 // The implemented policy, driven exactly as the host tier's cache drives it.
 std::uint64_t PolicyHits(const Stream& s, const Layout& layout, std::uint64_t capacity,
                          const RowCachePolicyOptions& options) {
-  if (capacity == 0) return 0;
-  RowCachePolicy policy(static_cast<std::uint32_t>(capacity), options);
-  std::vector<std::uint32_t> slot_of(s.keys.size(), kNever);
-  std::vector<std::uint32_t> id_in_slot(capacity, kNever);
+  PolicyCacheSim cache(capacity, options, 1, s.keys.size());
   std::uint64_t hits = 0;
   const int heads = layout.heads();
   for (const std::uint32_t k : s.ids) {
-    const std::uint64_t key = s.keys[k];
-    const int order = 2 + s.columns[k] / heads;
-    if (slot_of[k] != kNever) {
+    if (cache.Lookup(k)) {
       ++hits;
-      policy.OnHit(slot_of[k]);
-      continue;
+    } else {
+      cache.Admit(k, s.keys[k], 2 + s.columns[k] / heads);
     }
-    const RowCachePolicy::Admission a = policy.OnMiss(key, order);
-    if (!a.admit) continue;
-    if (id_in_slot[a.slot] != kNever) slot_of[id_in_slot[a.slot]] = kNever;
-    id_in_slot[a.slot] = k;
-    slot_of[k] = a.slot;
   }
   return hits;
 }
@@ -158,48 +149,15 @@ std::uint64_t PolicyHits(const Stream& s, const Layout& layout, std::uint64_t ca
 // The device pipeline's HBM cache (detail/set_cache.hpp), one lookup at a time: the same sets, priorities
 // and levels as its kernels (which apply them to all of a layer's lookups at once).
 std::uint64_t SetCacheHits(const Stream& s, const Layout& layout, std::uint64_t capacity) {
-  const std::uint64_t sets = capacity / detail::kSetWays;
-  if (sets == 0) return 0;
-  const std::uint64_t slots = sets * detail::kSetWays;
-  std::vector<std::uint64_t> keys(slots, detail::kSetEmptyKey);
-  std::vector<detail::SetWay> ways(slots);
-  std::vector<float> level(sets, 0);
+  SetCacheSim cache(capacity);
   const int heads = layout.heads();
   std::uint64_t hits = 0;
   for (const std::uint32_t k : s.ids) {
-    const std::uint64_t key = s.keys[k];
-    const std::uint64_t set = detail::SetOf(key, static_cast<std::uint32_t>(sets));
-    const std::uint64_t b0 = set * detail::kSetWays;
-    std::uint64_t victim = slots, empty = slots;
-    float victim_priority = 0;
-    bool hit = false;
-    for (std::uint64_t w = b0; w < b0 + detail::kSetWays; ++w) {
-      if (keys[w] == key) {
-        hit = true;
-        detail::OnSetHit(ways[w], level[set]);
-        break;
-      }
-      if (keys[w] == detail::kSetEmptyKey) {
-        if (empty == slots) empty = w;
-        continue;
-      }
-      const float p = detail::Priority(ways[w]);
-      if (victim == slots || p < victim_priority) {
-        victim = w;
-        victim_priority = p;
-      }
-    }
-    if (hit) {
+    if (cache.Lookup(s.keys[k])) {
       ++hits;
-      continue;
-    }
-    if (empty != slots) {
-      victim = empty;
     } else {
-      level[set] = victim_priority;
+      cache.Admit(s.keys[k], 2 + s.columns[k] / heads);
     }
-    keys[victim] = key;
-    ways[victim] = detail::AdmittedWay(level[set], 2 + s.columns[k] / heads);
   }
   return hits;
 }

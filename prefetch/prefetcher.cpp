@@ -479,6 +479,8 @@ void Prefetcher::Impl::ServeDeviceLayer(Step& step, int l, LayerStats& st) {
     status = FetchRows(
         step, l, d, staged, [&](std::size_t g) { return out + slot_of[g] * row_bytes; }, st);
   }
+  Log(LogLevel::kDebug, "prefetcher: step {} layer index {}: {} staged rows fetched ({})", step.id, l, staged.size(),
+      status.ok() ? "ok" : status.ToString());
   if (status.ok()) {
     DeviceLayerInput in;
     in.tokens = step.tokens;

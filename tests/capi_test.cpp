@@ -252,6 +252,24 @@ TEST_F(CApiCpu, StreamWaitsOnTheCpuBackendAreRefused) {
   EXPECT_EQ(engram_step_wait(r.rt, 1, 7), ENGRAM_OUT_OF_RANGE);
 }
 
+TEST_F(CApiCpu, SlotCallsAndDeviceIdsOnTheCpuBackendAreRefusedByName) {
+  std::uint32_t slot = 0;
+  EXPECT_EQ(engram_step_slot(r.rt, 1, &slot), ENGRAM_FAILED_PRECONDITION);
+  EXPECT_NE(std::string(engram_last_error()).find("engram_step_slot needs the GPU backend"), std::string::npos)
+      << engram_last_error();
+  EXPECT_EQ(engram_slot_wait_stream(r.rt, 0, 0, nullptr), ENGRAM_FAILED_PRECONDITION);
+  EXPECT_EQ(engram_slot_done_stream(r.rt, 0, 0, nullptr), ENGRAM_FAILED_PRECONDITION);
+  engram_layer_output out;
+  out.struct_size = sizeof(out);
+  EXPECT_EQ(engram_slot_output(r.rt, 0, 0, &out), ENGRAM_FAILED_PRECONDITION);
+  std::uint64_t step = 0;
+  const engram_device_sequence_input in = {1, 1, nullptr};
+  EXPECT_EQ(engram_step_submit_device_ids(r.rt, &in, 1, nullptr, ENGRAM_IDS_COMPRESSED, nullptr, &step),
+            ENGRAM_FAILED_PRECONDITION);
+  EXPECT_NE(std::string(engram_last_error()).find("engram_step_submit_device_ids"), std::string::npos)
+      << engram_last_error();
+}
+
 TEST_F(CApiCpu, StatisticsComeAsJsonAndPrometheusText) {
   std::uint64_t a = 0, step = 0;
   ASSERT_EQ(engram_sequence_create(r.rt, &a), ENGRAM_OK);

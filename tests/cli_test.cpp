@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "engram/hasher.hpp"
+#include "engram/prefetch/planner.hpp"
 #include "engram/token_map.hpp"
 #include "test_util.hpp"
 
@@ -246,6 +247,88 @@ TEST(CliIngest, OneThreadIngestsAStoreThatVerifies) {
   ASSERT_EQ(r.code, 0) << r.err;
   auto v = RunCli(dir, "verify --quiet --store " + dir.File("st"));
   EXPECT_EQ(v.code, 0) << v.out << v.err;
+}
+
+}  // namespace
+}  // namespace engram
+
+// engram calibrate and engram plan.
+namespace engram {
+namespace {
+
+// A calibration with GPU rates, as `engram calibrate` writes on the GPU machine (the plan needs them).
+std::string WriteGpuCalibration(const test::TempDir& dir) {
+  const plan::Calibration c = test::H100LikeCalibration();
+  std::string path = dir.File("cal.json");
+  std::ofstream(path) << plan::CalibrationJson(c);
+  return path;
+}
+
+std::string PlanArgs(const std::string& cal) {
+  return "plan --layout deepseek-v4.1-flash --tokens " + test::SharedData("brown.deepseek-v3.i32") + " --token-map " +
+         test::SharedData("deepseek-v3.token-map.i32") + " --calibration " + cal +
+         " --decode 16 --decode-steps 8 --warmup-decode 8 --prefill 2,256 --prefill-steps 2 --warmup-prefill 1";
+}
+
+TEST(CliPlan, CalibrateWritesAFileThePlannerReads) {
+  test::TempDir dir;
+  auto r = RunCli(dir, "calibrate --no-gpu --seconds 0.05 --threads 2 --out " + dir.File("c.json"));
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("GPU not measured"), std::string::npos) << r.out;  // --no-gpu, or a build without CUDA
+  auto c = plan::LoadCalibration(dir.File("c.json"));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_GT(c->gather_rows_per_s, 0);
+  EXPECT_EQ(c->gpu, "");
+}
+
+TEST(CliPlan, PlanNeedsTheBackbonesLayerTime) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  auto r = RunCli(dir, PlanArgs(WriteGpuCalibration(dir)) + " --gpu-mem 64M --host-mem 256M");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--layer-ms-decode"), std::string::npos) << r.err;
+}
+
+TEST(CliPlan, PlanPrintsSplitsWritesJsonAndAChart) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  auto r = RunCli(dir, PlanArgs(WriteGpuCalibration(dir)) +
+                           " --gpu-mem 64M --host-mem 256M --layer-ms-decode 0.1 --layer-ms-prefill 1 --json " +
+                           dir.File("plan.json") + " --plot " + dir.File("plan.svg"));
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("GPU cache"), std::string::npos) << r.out;
+  const auto j = nlohmann::json::parse(Slurp(dir.File("plan.json")));
+  // GPU cache 0, 8, 16, 32, 64 MiB by host cache 0, 32, 64, 128, 256 MiB.
+  ASSERT_EQ(j["splits"].size(), 25U);
+  for (const auto& split : j["splits"]) {
+    ASSERT_EQ(split["phases"].size(), 2U);
+    EXPECT_GE(split["phases"][1]["loss_vs_compute"].get<double>(), 0);
+  }
+  // With no cache anywhere, every row of a decode step comes from the disk.
+  const auto& cold = j["splits"][0]["phases"][1]["layers"][0];
+  EXPECT_EQ(cold["rows"]["disk"], cold["distinct"]);
+  const std::string svg = Slurp(dir.File("plan.svg"));
+  EXPECT_EQ(svg.rfind("<svg", 0), 0U);
+  EXPECT_NE(svg.find("decode: throughput loss"), std::string::npos);
+}
+
+TEST(CliPlan, PlanRefusesAChartItCannotWrite) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  auto r = RunCli(dir, PlanArgs(WriteGpuCalibration(dir)) +
+                           " --gpu-mem 64M --host-mem 256M --layer-ms-decode 0.1 --layer-ms-prefill 1 --plot " +
+                           dir.File("plan.png"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("only SVG"), std::string::npos) << r.err;
+}
+
+TEST(CliPlan, CompareNeedsTheBackboneAloneInTheRun) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  test::TempDir dir;
+  std::ofstream(dir.File("run.json")) << R"({"model": {"layers": 40}, "configs": [{"name": "a"}]})";
+  auto r = RunCli(dir, PlanArgs(WriteGpuCalibration(dir)) + " --compare " + dir.File("run.json"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("has no configuration `none`"), std::string::npos) << r.err;
 }
 
 }  // namespace

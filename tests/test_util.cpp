@@ -94,4 +94,24 @@ std::vector<std::int64_t> ReferenceRows(const Layout& layout, int layer_index, c
   return rows;
 }
 
+plan::Calibration H100LikeCalibration() {
+  plan::Calibration c;
+  c.machine = "test";
+  c.host_threads = 16;
+  c.gather_row_bytes = 264;
+  c.gather_rows_per_s = 1.4e8;
+  c.hash_lookups_per_s = 3e9;
+  c.dedupe_lookups_per_s = 1e7;
+  c.store_rows_per_page = 15;
+  c.store_read_fixed_s = 200e-6;
+  c.store_pages_per_s = 75e3;
+  c.gpu = "test";
+  c.h2d_fixed_s = 4e-6;
+  c.h2d_bytes_per_s = 55e9;
+  c.zero_copy_rows_per_s = 1.1e8;
+  c.hbm_rows_per_s = 3.8e9;
+  c.launch_s = 6e-6;
+  return c;
+}
+
 }  // namespace engram::test

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engram/layout.hpp"
+#include "engram/prefetch/planner.hpp"
 #include "engram/token_map.hpp"
 
 namespace engram::test {
@@ -49,6 +50,10 @@ class TempDir {
 };
 
 void WriteBytes(const std::string& path, const void* data, std::size_t size);
+
+// A calibration with the rates of a machine like the lent H100 host (of the order measured there), for
+// the planner's tests, which need GPU rates on a machine without a GPU.
+plan::Calibration H100LikeCalibration();
 
 // The reference hash written as literally as the specification reads (hardware modulo, full history,
 // walk-back DEAD rule), to check the fast paths against.

@@ -250,6 +250,45 @@ ENGRAM_API ENGRAM_MUST_USE engram_status engram_step_output(engram_runtime* runt
 /* Releases the step's host staging (CPU: waits for its layers first). */
 ENGRAM_API ENGRAM_MUST_USE engram_status engram_step_finish(engram_runtime* runtime, uint64_t step);
 
+/* ---- GPU backend: capture-safe consumption and ids on the device ------------------------------------ */
+/* Every step uses output slot (step - 1) % steps_in_flight; a slot's buffers keep their addresses for the
+ * runtime's life. The slot forms below are the same stream operations as engram_step_wait_stream and
+ * engram_step_done_stream with no host-side bookkeeping, so the consuming side of a step can be captured
+ * once per slot in a CUDA graph and replayed for every step that uses the slot. They skip the checks the
+ * step forms make (that the slot's previous user was released): every wait still needs its done.
+ * CPU backend: ENGRAM_FAILED_PRECONDITION. */
+ENGRAM_API ENGRAM_MUST_USE engram_status engram_step_slot(engram_runtime* runtime, uint64_t step, uint32_t* out_slot);
+ENGRAM_API ENGRAM_MUST_USE engram_status engram_slot_wait_stream(engram_runtime* runtime, uint32_t slot,
+                                                                 int32_t layer_index, void* cuda_stream);
+ENGRAM_API ENGRAM_MUST_USE engram_status engram_slot_done_stream(engram_runtime* runtime, uint32_t slot,
+                                                                 int32_t layer_index, void* cuda_stream);
+/* The slot's device buffers; `tokens` is their capacity (max_tokens): a step fills its first tokens. */
+ENGRAM_API ENGRAM_MUST_USE engram_status engram_slot_output(engram_runtime* runtime, uint32_t slot,
+                                                            int32_t layer_index, engram_layer_output* out);
+
+typedef struct engram_device_sequence_input {
+  uint64_t sequence;
+  int64_t num_tokens;  /* this sequence's ids are the next num_tokens of the step's id array */
+  const uint8_t* dead; /* host memory: NULL, or num_tokens flags (non-zero: DEAD) */
+} engram_device_sequence_input;
+
+typedef enum engram_device_ids {
+  ENGRAM_IDS_COMPRESSED = 0, /* compressed Engram ids */
+  ENGRAM_IDS_RAW = 1         /* tokenizer ids, mapped on the device with the store's token map */
+} engram_device_ids;
+
+/* Like engram_step_submit, for ids already in device memory (an engine's sampled tokens): `device_ids`
+ * holds the step's new ids, sequences back to back in batch order, written by work enqueued on
+ * `producer_stream` (a cudaStream_t) before this call. The step waits for that work on the device, never
+ * on the host. Needs the device pipeline (ENGRAM_MISS_DEVICE, or AUTO choosing it; else
+ * ENGRAM_FAILED_PRECONDITION); ENGRAM_IDS_RAW needs a store with a token map. An id outside the map fails
+ * the step and its sequence (engram_step_wait names the sequence, position and id). */
+ENGRAM_API ENGRAM_MUST_USE engram_status engram_step_submit_device_ids(engram_runtime* runtime,
+                                                                       const engram_device_sequence_input* batch,
+                                                                       size_t batch_size, const int32_t* device_ids,
+                                                                       engram_device_ids kind, void* producer_stream,
+                                                                       uint64_t* out_step);
+
 /* ---- Statistics -------------------------------------------------------------------------------------- */
 
 typedef enum engram_stats_format {

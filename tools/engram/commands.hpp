@@ -21,6 +21,8 @@ Runner AddTraceCommand(CLI::App& app);
 // synth, ingest, info, verify (one runner for the four).
 Runner AddStoreCommands(CLI::App& app);
 Runner AddPrefetchCommand(CLI::App& app);
+// calibrate, plan (one runner for the two).
+Runner AddPlanCommands(CLI::App& app);
 
 // Prints "engram <command>: <status>" to stderr and returns the exit code for a failed status (1).
 int Fail(std::string_view command, const Status& status);

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   add(&engram::cli::AddTraceCommand);
   add(&engram::cli::AddStoreCommands);
   add(&engram::cli::AddPrefetchCommand);
+  add(&engram::cli::AddPlanCommands);
 
   try {
     app.parse(argc, argv);
