@@ -199,10 +199,15 @@ std::vector<std::uint8_t> Workload::Serve(const Tiers& tiers, std::uint32_t row_
     }
     return tier;
   }
-  memory::PolicyCacheSim hbm_policy(device ? 0 : g, memory::RowCachePolicyOptions{}, 1, distinct_);
+  // A policy cache whose small FIFO holds every row the replay reads never drops one: a larger cache
+  // decides the same, so the simulation stops there (a 64 GiB host tier would otherwise simulate 260 M
+  // slots).
+  const memory::RowCachePolicyOptions po;
+  const auto most = static_cast<std::uint64_t>(static_cast<double>(distinct_) / po.small_fraction) + 64;
+  memory::PolicyCacheSim hbm_policy(device ? 0 : std::min(g, most), po, 1, distinct_);
   memory::SetCacheSim hbm_sets(device ? g : 0);
-  memory::PolicyCacheSim host(tiers.host_resident ? 0 : h, memory::RowCachePolicyOptions{},
-                              memory::PolicyCacheSim::HostTierShards(h), distinct_);
+  memory::PolicyCacheSim host(tiers.host_resident ? 0 : std::min(h, most), po,
+                              memory::PolicyCacheSim::HostTierShards(std::min(h, most)), distinct_);
   for (const Span& s : spans_) {
     for (std::size_t i = s.first; i < s.first + s.count; ++i) {
       const std::uint64_t key = key_[i];
