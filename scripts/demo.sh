@@ -58,7 +58,7 @@ else
   echo
   echo "== 4. the capacity planner: V4.1 on a machine calibrated like the lent H100 (docs/calibration-h100.json)"
   $E plan --layout deepseek-v4.1-flash "${trace[@]}" --calibration docs/calibration-h100.json \
-    --layer-ms-decode 2.32 --layer-ms-prefill 52.4 --decode 64 --prefill 1,16384 --gpu-mem 16G --host-mem 64G \
+    --layer-ms-decode 2.32 --layer-ms-prefill 52.4 --decode 64 --prefill 1,16384 --gpu-mem 16G --host-mem 192G \
     --plot "$dir/plan.svg"
   echo
   echo "ran: the CPU-backend pipeline (no GPU here) and the planner with a GPU machine's calibration"
