@@ -9,6 +9,7 @@
 #include <queue>
 #include <thread>
 
+#include "../core/fenwick.hpp"
 #include "../core/hash_mix.hpp"
 #include "../core/thread_pool.hpp"
 #include "engram/detail/set_cache.hpp"
@@ -67,24 +68,6 @@ class DenseIds {
   std::vector<Slot> slots_;
   std::size_t mask_ = 0;
   std::uint32_t next_ = 0;
-};
-
-// Fenwick tree over stream positions: 1 at the latest lookup of every row seen so far.
-class Fenwick {
- public:
-  explicit Fenwick(std::size_t n) : t_(n + 1, 0) {}
-  void Add(std::size_t i, int v) {
-    for (++i; i < t_.size(); i += i & (~i + 1)) t_[i] += v;
-  }
-  // Sum over [0, i].
-  std::int64_t Prefix(std::size_t i) const {
-    std::int64_t s = 0;
-    for (++i; i > 0; i -= i & (~i + 1)) s += t_[i];
-    return s;
-  }
-
- private:
-  std::vector<std::int32_t> t_;
 };
 
 // Belady's MIN with bypass at `capacity` rows; `next` is each lookup's next use (kNever if none).
@@ -264,7 +247,7 @@ Result<TraceAnalysis> AnalyzeTrace(const Layout& layout, std::span<const std::in
   }
   std::vector<std::uint64_t> lru_hits(capacities.size(), 0);
   {
-    Fenwick fw(lookups);
+    detail::Fenwick<std::int32_t> fw(lookups);
     std::vector<std::uint32_t> prev(distinct, kNever);
     out.reuse_distance.assign(34, 0);
     for (std::size_t i = 0; i < lookups; ++i) {

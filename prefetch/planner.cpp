@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
+#include "../core/fenwick.hpp"
 #include "../core/percentile.hpp"
 #include "engram/hasher.hpp"
 #include "engram/memory/cache_sim.hpp"
@@ -18,23 +19,6 @@ namespace engram::plan {
 namespace {
 
 constexpr std::uint64_t kFirst = std::numeric_limits<std::uint64_t>::max();
-
-// A Fenwick tree over access positions: 1 at each row's latest access.
-class Fenwick {
- public:
-  explicit Fenwick(std::size_t n) : t_(n + 1, 0) {}
-  void Add(std::size_t i, int v) {
-    for (++i; i < t_.size(); i += i & (~i + 1)) t_[i] += v;
-  }
-  [[nodiscard]] std::int64_t Prefix(std::size_t i) const {  // sum of [0, i]
-    std::int64_t s = 0;
-    for (++i; i > 0; i -= i & (~i + 1)) s += t_[i];
-    return s;
-  }
-
- private:
-  std::vector<std::int64_t> t_;
-};
 
 // Distinct rows of one step and layer with their lookup counts.
 void Distinct(std::vector<std::int64_t>& rows, std::vector<std::int64_t>& keys, std::vector<std::uint32_t>& counts) {
@@ -139,7 +123,7 @@ Result<Workload> Workload::Build(const Layout& layout, std::span<const std::int3
   }
   // LRU stack distances (distinct rows accessed since the row's previous access).
   w.distance_.assign(w.key_.size(), kFirst);
-  Fenwick fw(w.key_.size());
+  detail::Fenwick<std::int64_t> fw(w.key_.size());
   std::unordered_map<std::uint64_t, std::pair<std::size_t, std::uint32_t>> last;  // key -> (last access, id)
   last.reserve(w.key_.size());
   w.id_.resize(w.key_.size());

@@ -38,28 +38,9 @@ struct PlanArgs {
   std::size_t decode = 64;
   std::vector<std::size_t> prefill = {4, 4096};
   std::size_t decode_steps = 48, prefill_steps = 4, warmup_decode = 128, warmup_prefill = 2;
-  std::string gpu_mem = "0", host_mem = "0";
+  std::uint64_t gpu_mem = 0, host_mem = 0;
   double target_loss = 0.01;
 };
-
-Result<std::uint64_t> ParseSize(const std::string& s, const char* what) {
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  const std::string unit = end != nullptr ? end : "";
-  double m = 1;
-  if (unit == "K" || unit == "KiB")
-    m = 1024.0;
-  else if (unit == "M" || unit == "MiB")
-    m = 1048576.0;
-  else if (unit == "G" || unit == "GiB")
-    m = 1073741824.0;
-  else if (unit == "T" || unit == "TiB")
-    m = 1099511627776.0;
-  else if (!unit.empty())
-    return Status::InvalidArgument(fmt::format("{} {:?}: unit must be K, M, G or T", what, s));
-  if (!(v >= 0) || end == s.c_str()) return Status::InvalidArgument(fmt::format("{} {:?} is not a size", what, s));
-  return static_cast<std::uint64_t>(v * m);
-}
 
 std::string Gib(double bytes) {
   return fmt::format("{:.2f} GiB", bytes / (1ULL << 30));
@@ -120,8 +101,13 @@ Status CheckCalibration(const plan::Calibration& c, bool disk, bool gpu) {
   std::vector<std::string> missing;
   if (c.gather_rows_per_s <= 0) missing.emplace_back("host.gather_rows_per_s");
   if (c.hash_lookups_per_s <= 0) missing.emplace_back("host.hash_lookups_per_s");
-  if (disk && c.store_pages_per_s <= 0) missing.emplace_back("store.pages_per_s (calibrate with --store)");
-  if (gpu && c.h2d_bytes_per_s <= 0) missing.emplace_back("gpu rates (calibrate on a machine with the GPU)");
+  if (c.dedupe_lookups_per_s <= 0) missing.emplace_back("host.dedupe_lookups_per_s");
+  if (disk && c.store_pages_per_s <= 0 && c.store_read_points.size() < 2) {
+    missing.emplace_back("store.pages_per_s (calibrate with --store)");
+  }
+  if (gpu && (c.h2d_bytes_per_s <= 0 || c.hbm_rows_per_s <= 0 || c.zero_copy_rows_per_s <= 0)) {
+    missing.emplace_back("gpu rates (calibrate on a machine with the GPU)");
+  }
   if (missing.empty()) return Status::Ok();
   std::string list;
   for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
@@ -382,22 +368,18 @@ int RunPlan(const PlanArgs& a) {
       {"decode", {a.decode, 1}, a.warmup_decode, a.decode_steps, a.layer_ms_decode / 1e3, 0}};
   auto w = plan::Workload::Build(*layout, *ids, phases, model);
   if (!w.ok()) return Fail("plan", w.status());
-  auto gpu_mem = ParseSize(a.gpu_mem, "--gpu-mem");
-  auto host_mem = ParseSize(a.host_mem, "--host-mem");
-  if (!gpu_mem.ok()) return Fail("plan", gpu_mem.status());
-  if (!host_mem.ok()) return Fail("plan", host_mem.status());
   const double table = static_cast<double>(w->table_rows()) * layout->row_bytes();
   const bool has_gpu = cal.h2d_bytes_per_s > 0;
   // The grid: GPU cache and host cache at 0, 1/8, 1/4, 1/2 and all of their budgets; the tables whole in
   // host memory or HBM where the budget holds them.
   std::vector<std::uint64_t> gpus, hosts;
   for (double f : {0.0, 0.125, 0.25, 0.5, 1.0}) {
-    gpus.push_back(static_cast<std::uint64_t>(f * static_cast<double>(*gpu_mem)));
-    hosts.push_back(static_cast<std::uint64_t>(f * static_cast<double>(*host_mem)));
+    gpus.push_back(static_cast<std::uint64_t>(f * static_cast<double>(a.gpu_mem)));
+    hosts.push_back(static_cast<std::uint64_t>(f * static_cast<double>(a.host_mem)));
   }
   gpus.erase(std::unique(gpus.begin(), gpus.end()), gpus.end());
   hosts.erase(std::unique(hosts.begin(), hosts.end()), hosts.end());
-  if (Status s = CheckCalibration(cal, static_cast<double>(*host_mem) < table, has_gpu); !s.ok()) {
+  if (Status s = CheckCalibration(cal, static_cast<double>(a.host_mem) < table, has_gpu); !s.ok()) {
     return Fail("plan", s);
   }
   if (!has_gpu) {
@@ -542,9 +524,12 @@ Runner AddPlanCommands(CLI::App& app) {
   pl->add_option("--prefill-steps", pa->prefill_steps, "Prefill chunks planned")->default_val(4);
   pl->add_option("--warmup-decode", pa->warmup_decode, "Decode steps before (caches only)")->default_val(128);
   pl->add_option("--warmup-prefill", pa->warmup_prefill, "Prefill chunks before (caches only)")->default_val(2);
-  pl->add_option("--gpu-mem", pa->gpu_mem, "GPU memory engram may use for its HBM cache (e.g. 16G)")->default_val("0");
-  pl->add_option("--host-mem", pa->host_mem, "Host memory for the tables (cache, or resident if it holds them)")
-      ->default_val("0");
+  pl->add_option("--gpu-mem", pa->gpu_mem,
+                 "GPU memory engram may use for its HBM cache (suffixes K, M, G, T: powers of 1024)")
+      ->transform(CLI::AsSizeValue(false));
+  pl->add_option("--host-mem", pa->host_mem,
+                 "Host memory for the tables: cache, or resident if it holds them (K, M, G, T)")
+      ->transform(CLI::AsSizeValue(false));
   pl->add_option("--target-loss", pa->target_loss, "Throughput loss to plan for (fraction)")->default_val(0.01);
   pl->add_option("--json", pa->json, "Write the plan as JSON here (- for stdout)");
   pl->add_option("--plot", pa->plot, "Write a chart of loss over the budgets (SVG)");
