@@ -743,9 +743,13 @@ int main(int argc, char** argv) {
       a.width_scale = std::atof(v.c_str());
     else if (k == "--configs")
       a.configs = v;
-    else if (k == "--prefill")
-      std::sscanf(v.c_str(), "%zu,%zu", &a.prefill_seqs, &a.prefill_chunk);
-    else if (k == "--decode")
+    else if (k == "--prefill") {
+      if (std::sscanf(v.c_str(), "%zu,%zu", &a.prefill_seqs, &a.prefill_chunk) != 2 || a.prefill_seqs == 0 ||
+          a.prefill_chunk == 0) {
+        std::fprintf(stderr, "--prefill %s: SEQUENCES,TOKENS\n", v.c_str());
+        return 2;
+      }
+    } else if (k == "--decode")
       a.decode_batch = std::strtoull(v.c_str(), nullptr, 10);
     else if (k == "--ctx")
       a.ctx = std::strtoull(v.c_str(), nullptr, 10);
@@ -770,10 +774,18 @@ int main(int argc, char** argv) {
     else if (k == "--verbose")
       a.verbose = v == "1";
     else if (k == "--b-path") {
-      a.b_path = v == "staged"      ? gpu::MissPath::kStaged
-                 : v == "zero-copy" ? gpu::MissPath::kZeroCopy
-                 : v == "device"    ? gpu::MissPath::kDevice
-                                    : gpu::MissPath::kAuto;
+      if (v == "staged")
+        a.b_path = gpu::MissPath::kStaged;
+      else if (v == "zero-copy")
+        a.b_path = gpu::MissPath::kZeroCopy;
+      else if (v == "device")
+        a.b_path = gpu::MissPath::kDevice;
+      else if (v == "auto")
+        a.b_path = gpu::MissPath::kAuto;
+      else {
+        std::fprintf(stderr, "--b-path %s: auto, staged, zero-copy or device\n", v.c_str());
+        return 2;
+      }
     } else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;

@@ -170,6 +170,7 @@ Status MeasureStore(const CalibrateOptions& o, Calibration& c) {
   }
   std::tie(c.store_read_fixed_s, c.store_pages_per_s) = FitLine(pts);
   c.store_read_points = pts;
+  std::sort(c.store_read_points.begin(), c.store_read_points.end());
   c.store_rows_per_page = st->Info().rows_per_key;
   c.store = o.store;
   return Status::Ok();

@@ -355,8 +355,7 @@ Plan Workload::Predict(const Tiers& tiers, const Calibration& cal, std::uint32_t
 
 double StoreReadSeconds(const Calibration& c, double pages) noexcept {
   if (pages <= 0) return 0;
-  auto pts = c.store_read_points;
-  std::sort(pts.begin(), pts.end());
+  const auto& pts = c.store_read_points;  // ascending (CalibrateHost, ParseCalibration)
   if (pts.size() < 2) return c.store_read_fixed_s + (c.store_pages_per_s > 0 ? pages / c.store_pages_per_s : 0);
   if (pages <= pts.front().first) return pts.front().second;
   std::size_t i = 1;
@@ -457,6 +456,7 @@ Result<Calibration> ParseCalibration(std::string_view json, std::string_view sou
       if (ok) c.store_read_points.emplace_back(pts[i][0].get<double>(), pts[i][1].get<double>());
     }
     if (!ok) err = fmt::format("{}: \"store.points\" must be [[pages, seconds], ...] of positive numbers", source);
+    std::sort(c.store_read_points.begin(), c.store_read_points.end());
   }
   if (!err.empty()) return Status::InvalidArgument(err);
   c.host_threads = static_cast<std::uint32_t>(threads);

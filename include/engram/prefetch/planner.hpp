@@ -62,7 +62,7 @@ struct Calibration {
   // The measurements the line was fitted to: (pages per read call, seconds). The planner interpolates
   // between them (and extends the last segment), which follows the store better than the line when
   // calls of very different sizes are planned (a decode step's few thousand pages, a prefill chunk's
-  // hundreds of thousands).
+  // hundreds of thousands). In ascending order of pages.
   std::vector<std::pair<double, double>> store_read_points;
   // GPU.
   std::string gpu;         // empty: no GPU
