@@ -172,7 +172,8 @@ class Workload {
   static Result<Workload> Build(const Layout& layout, std::span<const std::int32_t> ids, std::vector<Phase> phases,
                                 ModelPlacement model);
   [[nodiscard]] Plan Predict(const Tiers& tiers, const Calibration& cal, std::uint32_t row_bytes) const;
-  // Hit fraction of the measured steps' distinct rows for an LRU cache of each size in `rows`.
+  // Hit fraction of the timed steps' distinct rows (lead-in steps included) for an LRU cache of each size
+  // in `rows`.
   [[nodiscard]] std::vector<double> HitCurve(std::span<const std::uint64_t> rows) const;
   [[nodiscard]] const std::vector<Phase>& phases() const noexcept { return phases_; }
   [[nodiscard]] const ModelPlacement& model() const noexcept { return model_; }
