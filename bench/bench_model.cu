@@ -24,6 +24,9 @@
 //               [--configs none,a,b,c,d] [--prefill S,C] [--decode B] [--ctx N] [--prefill-steps 4]
 //               [--decode-steps 48] [--warmup-prefill 2] [--warmup-decode 128] [--hbm-cache BYTES]
 //               [--host-cache BYTES] [--small-gpu BYTES] [--threads 16] [--json FILE]
+//
+// SIGUSR1 prints the stack of the thread that receives it (bench_stacks.hpp): for a hang, send it to each
+// thread (tgkill) and resolve the frames with addr2line against the same build.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -41,6 +44,7 @@
 #include "../core/percentile.hpp"
 #include "bench_cuda.hpp"
 #include "bench_data.hpp"
+#include "bench_stacks.hpp"
 #include "engram/gpu/device.hpp"
 #include "engram/gpu/host_memory.hpp"
 #include "engram/gpu/working_set.hpp"
@@ -729,6 +733,7 @@ std::uint64_t ParseBytes(const std::string& s) {
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  engram::bench::InstallStackDumper();
   Args a;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];

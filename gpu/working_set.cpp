@@ -181,6 +181,15 @@ struct StepEvents {
   [[nodiscard]] cudaEvent_t DoneEvent(int l) const { return fused ? done.back() : done[static_cast<std::size_t>(l)]; }
 };
 
+void DestroyStepEvents(StepEvents& e) {
+  for (auto* v : {&e.start, &e.copied, &e.flagged, &e.done}) {
+    for (auto& ev : *v) {
+      if (ev != nullptr) cudaEventDestroy(ev);
+      ev = nullptr;
+    }
+  }
+}
+
 }  // namespace
 
 struct WorkingSet::Impl final : prefetch::DeviceSink {
@@ -384,6 +393,9 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   std::condition_variable cv;
   std::map<StepId, std::unique_ptr<StepEvents>> events;
   std::vector<std::unique_ptr<StepEvents>> free_events;
+  // Staged steps submitted whose events the worker has not taken from free_events yet: Submit keeps
+  // free_events at least this large (ReserveEvents), so the worker never creates events.
+  std::size_t events_owed = 0;
   std::map<StepId, std::int64_t> step_tokens;
   std::deque<StepId> to_finish;
   std::vector<StepId> done_step;  // [slot][layer]: the last step Done there
@@ -403,7 +415,16 @@ struct WorkingSet::Impl final : prefetch::DeviceSink {
   Status Init();
   Status LoadRegions();
   Status ChoosePath();
+  // A step's events, from the pool; made here only when the pool is empty, which on the staged path
+  // (the prefetcher's worker asks) ReserveEvents prevents.
   Result<StepEvents*> EventsFor(StepId step);
+  Result<std::unique_ptr<StepEvents>> NewStepEvents() const;
+  // On the submitting thread, before a staged step exists: makes sure the pool holds an event set for it
+  // and for every staged step submitted before whose set the worker has not taken. The worker must not
+  // create CUDA events: cudaEventCreate waits for a lock that a thread blocked in a kernel launch holds
+  // (a stream's launch queue, ~1,020 launches on the H100, full behind a Wait for this very step), and
+  // the launch waits for the flag the worker would set. Measured in .device/run47-48 (docs/gpu.md).
+  Status ReserveEvents();
 
   Status Plan(StepId step, int l, std::int64_t tokens, std::span<const std::int64_t> rows, std::span<const int> columns,
               std::span<std::uint8_t> stage) override;
@@ -506,6 +527,12 @@ Status WorkingSet::Impl::Init() {
 
   ENGRAM_ASSIGN_OR_RETURN(memops, LoadMemOps());
   ENGRAM_RETURN_IF_ERROR(kernels::Preload());
+  // Event sets for the steps in flight and one more, made now; ReserveEvents adds any more on the
+  // submitting thread.
+  for (std::uint32_t i = 0; i <= slots; ++i) {
+    ENGRAM_ASSIGN_OR_RETURN(auto e, NewStepEvents());
+    free_events.push_back(std::move(e));
+  }
   ENGRAM_CUDA_RETURN(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking));
 
   ENGRAM_ASSIGN_OR_RETURN(void* sp, DeviceAlloc(max_lookups * row_bytes, "device staging"));
@@ -920,6 +947,41 @@ Status WorkingSet::Impl::ChoosePath() {
   return Status::Ok();
 }
 
+Result<std::unique_ptr<StepEvents>> WorkingSet::Impl::NewStepEvents() const {
+  auto e = std::make_unique<StepEvents>();
+  for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) v->assign(static_cast<std::size_t>(layers), nullptr);
+  const unsigned event_flags = opt.device_timing == DeviceTiming::kOn ? cudaEventDefault : cudaEventDisableTiming;
+  for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
+    for (auto& ev : *v) {
+      if (const cudaError_t err = cudaEventCreateWithFlags(&ev, event_flags); err != cudaSuccess) {
+        ev = nullptr;
+        DestroyStepEvents(*e);
+        return detail::CudaStatus(err, "cudaEventCreateWithFlags", __FILE__, __LINE__);
+      }
+    }
+  }
+  return e;
+}
+
+Status WorkingSet::Impl::ReserveEvents() {
+  std::size_t need = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ++events_owed;
+    need = events_owed > free_events.size() ? events_owed - free_events.size() : 0;
+  }
+  for (std::size_t i = 0; i < need; ++i) {
+    auto e = NewStepEvents();
+    std::lock_guard<std::mutex> lock(mu);
+    if (!e.ok()) {
+      --events_owed;
+      return e.status();
+    }
+    free_events.push_back(std::move(*e));
+  }
+  return Status::Ok();
+}
+
 Result<StepEvents*> WorkingSet::Impl::EventsFor(StepId step) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = events.find(step);
@@ -929,15 +991,15 @@ Result<StepEvents*> WorkingSet::Impl::EventsFor(StepId step) {
     e = std::move(free_events.back());
     free_events.pop_back();
   } else {
-    e = std::make_unique<StepEvents>();
-    for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
-      v->assign(static_cast<std::size_t>(layers), nullptr);
-      for (auto& ev : *v) {
-        ENGRAM_CUDA_RETURN(cudaEventCreateWithFlags(
-            &ev, opt.device_timing == DeviceTiming::kOn ? cudaEventDefault : cudaEventDisableTiming));
-      }
+    if (!device()) {
+      Log(LogLevel::kWarn,
+          "working set: step {}: no event set reserved for it; creating one on the prefetcher's thread, which can "
+          "wait behind a full launch queue",
+          step);
     }
+    ENGRAM_ASSIGN_OR_RETURN(e, NewStepEvents());
   }
+  if (!device() && events_owed > 0) --events_owed;
   StepEvents* raw = e.get();
   events.emplace(step, std::move(e));
   return raw;
@@ -1073,6 +1135,7 @@ Status WorkingSet::Impl::Enqueue(std::span<const std::int32_t> lookup, std::span
   const std::size_t sl = SL(slot, p.layer);
   const auto n = static_cast<std::uint64_t>(p.tokens) * static_cast<std::uint64_t>(cols);
   ENGRAM_ASSIGN_OR_RETURN(StepEvents * ev, EventsFor(p.step));
+  Log(LogLevel::kDebug, "working set: step {} layer index {}: events ready", p.step, p.layer);
   const auto l = static_cast<std::size_t>(p.layer);
   // The descriptors of the previous step in this slot must have been copied before they are rewritten
   // (an event never recorded is complete).
@@ -1473,11 +1536,7 @@ WorkingSet::Impl::~Impl() {
   if (copy != nullptr) cudaStreamSynchronize(copy);
   if (upload != nullptr) cudaStreamSynchronize(upload);
   for (auto& [id, e] : events) free_events.push_back(std::move(e));
-  for (auto& e : free_events) {
-    for (auto* v : {&e->start, &e->copied, &e->flagged, &e->done}) {
-      for (auto ev : *v) cudaEventDestroy(ev);
-    }
-  }
+  for (auto& e : free_events) DestroyStepEvents(*e);
   for (auto e : desc_free) {
     if (e != nullptr) cudaEventDestroy(e);
   }
@@ -1560,7 +1619,14 @@ Result<StepId> WorkingSet::Submit(std::span<const prefetch::SequenceInput> batch
                                    std::to_string(impl_->opt.max_tokens));
   }
   if (impl_->device()) return impl_->SubmitDevice(batch);
-  ENGRAM_ASSIGN_OR_RETURN(StepId id, impl_->prefetcher->Submit(batch));
+  ENGRAM_RETURN_IF_ERROR(impl_->ReserveEvents());
+  auto submitted = impl_->prefetcher->Submit(batch);
+  if (!submitted.ok()) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    --impl_->events_owed;
+    return submitted.status();
+  }
+  const StepId id = *submitted;
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->step_tokens[id] = static_cast<std::int64_t>(tokens);
   return id;

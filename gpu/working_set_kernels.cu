@@ -557,7 +557,8 @@ Status Preload() {
       reinterpret_cast<const void*>(GatherKernel),      reinterpret_cast<const void*>(TableEraseKernel),
       reinterpret_cast<const void*>(TableInsertKernel), reinterpret_cast<const void*>(TableRebuildKernel),
       reinterpret_cast<const void*>(TableLookupKernel), reinterpret_cast<const void*>(ResolveKernel),
-      reinterpret_cast<const void*>(AdmitKernel),       reinterpret_cast<const void*>(SetLookupKernel)};
+      reinterpret_cast<const void*>(AdmitKernel),       reinterpret_cast<const void*>(SetLookupKernel),
+      reinterpret_cast<const void*>(PlaceIdsKernel)};
   for (const void* f : fns) {
     cudaFuncAttributes attr{};
     ENGRAM_CUDA_RETURN(cudaFuncGetAttributes(&attr, f));

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -416,6 +418,62 @@ TEST_F(WorkingSetTest, WaitingOnASlotNotReleasedIsAnError) {
     ASSERT_TRUE(ws->Finish(id).ok());
   }
   ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+}
+
+// An engine thread that has filled its stream's launch queue behind a Wait (cuLaunchKernel then blocks
+// until the flag is set, holding a lock of the CUDA context) must not stop the prefetcher's worker from
+// enqueueing the layer that sets it: the worker creates no CUDA events (they wait for that lock). Before
+// the fix this hung (bench_model, configuration c, 4 x 4,096 prefill; .device/run47).
+TEST_F(WorkingSetTest, AStreamWithAFullLaunchQueueBehindAWaitDoesNotStopTheStep) {
+  WorkingSetOptions o;
+  o.path = MissPath::kStaged;
+  o.cache_bytes = 256ULL << 10;
+  auto ws = Make(nullptr, o);
+  ASSERT_NE(ws, nullptr);
+  Stream stream;
+  int* scratch = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&scratch), 4), cudaSuccess);
+  constexpr int kLaunches = 20000;  // the H100 queues ~1,020 per stream
+  std::atomic<int> launched{0};
+  std::atomic<bool> finished{false};
+  // A watchdog: a deadlock ends the test binary with a message rather than at ctest's timeout.
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1200 && !finished.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!finished.load()) {
+      std::fprintf(stderr, "deadlock: the step behind a full launch queue did not complete in 60 s (%d launched)\n",
+                   launched.load());
+      std::_Exit(1);
+    }
+  });
+  std::thread engine([&] {
+    ASSERT_TRUE(ws->WaitSlot(0, 0, stream.s).ok());
+    for (int i = 0; i < kLaunches; ++i) {
+      ASSERT_EQ(cudaMemsetAsync(scratch, 0, 4, stream.s), cudaSuccess);
+      launched.fetch_add(1);
+    }
+  });
+  // Until the engine thread is stuck in a launch (its count stops moving short of the total).
+  int last = -1;
+  for (int i = 0; i < 200 && launched.load() != last; ++i) {
+    last = launched.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const int stuck_at = launched.load();
+  auto seq = *ws->CreateSequence();
+  std::vector<SequenceInput> batch{{seq, steps_[0].tokens[0], {}}};
+  auto sid = ws->Submit(batch);
+  engine.join();
+  finished = true;
+  watchdog.join();
+  ASSERT_TRUE(sid.ok()) << sid.status().ToString();
+  EXPECT_LT(stuck_at, kLaunches) << "the launch queue never filled: the test did not test anything";
+  ASSERT_TRUE(ws->Done(*sid, 0, stream.s).ok());
+  ASSERT_TRUE(ws->Wait(*sid, 1, stream.s).ok());
+  ASSERT_TRUE(ws->Done(*sid, 1, stream.s).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream.s), cudaSuccess);
+  EXPECT_TRUE(ws->LayerStatus(*sid, 0).ok());
+  ASSERT_TRUE(ws->Finish(*sid).ok());
+  cudaFree(scratch);
 }
 
 TEST_F(WorkingSetTest, DestroyingWithStepsNeverConsumedReturns) {
