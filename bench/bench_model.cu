@@ -9,6 +9,8 @@
 //   b     tables resident in pinned host memory, an HBM cache of --hbm-cache bytes (path chosen by measurement)
 //   c     tables in the store on disk, a host row cache of --host-cache bytes, an HBM cache of --hbm-cache
 //   d     (c) on an emulated small GPU: everything engram holds on the device within --small-gpu bytes
+//   a2    (a) again, last: its loss against (a) is the run's noise (clocks, heat, the host), the floor under
+//         which a configuration's loss is not a measurement
 // Reported per configuration and phase (prefill, decode): tokens/s, the loss against (a), per Engram layer
 // the stall (device time the compute stream waited for the layer's rows, from events around the wait)
 // p50/p95/p99, tier shares, and per step the time of each resource engram used (disk, host gather, PCIe
@@ -21,7 +23,7 @@
 // tokens/s are by device time (events), the host's work overlapping the chunk before.
 //
 //   bench_model --store DIR [--model v4.1-flash|dense-4b|dense-8b] [--layers N] [--width-scale F]
-//               [--configs none,a,b,c,d] [--prefill S,C] [--decode B] [--ctx N] [--prefill-steps 4]
+//               [--configs none,a,b,c,d,a2] [--prefill S,C] [--decode B] [--ctx N] [--prefill-steps 4]
 //               [--decode-steps 48] [--warmup-prefill 2] [--warmup-decode 128] [--hbm-cache BYTES]
 //               [--host-cache BYTES] [--small-gpu BYTES] [--threads 16] [--json FILE]
 //
@@ -434,7 +436,7 @@ struct Args {
   std::string model = "v4.1-flash";
   int layers = 0;            // 0: the preset's
   double width_scale = 1.0;  // hidden, FFN widths and heads scaled by this
-  std::string configs = "none,a,b,c,d";
+  std::string configs = "none,a,b,c,d,a2";
   std::size_t prefill_seqs = 4, prefill_chunk = 4096;
   std::size_t decode_batch = 64;
   std::size_t ctx = 4096;
@@ -731,6 +733,9 @@ std::uint64_t ParseBytes(const std::string& s) {
 
 }  // namespace
 
+// In the order they run: (a) before the others (their losses are against it), (a2) last.
+const char* const kConfigs[] = {"none", "a", "b", "c", "d", "a2"};
+
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   engram::bench::InstallStackDumper();
@@ -799,11 +804,20 @@ int main(int argc, char** argv) {
   if (a.store.empty()) {
     std::fprintf(stderr,
                  "usage: bench_model --store DIR [--model v4.1-flash|dense-4b|dense-8b] [--layers N] [--width-scale F] "
-                 "[--configs none,a,b,c,d] [--prefill SEQS,CHUNK] [--decode B] [--ctx N] [--prefill-steps N] "
+                 "[--configs none,a,b,c,d,a2] [--prefill SEQS,CHUNK] [--decode B] [--ctx N] [--prefill-steps N] "
                  "[--decode-steps N] [--warmup-prefill N] [--warmup-decode N] [--hbm-cache BYTES] [--host-cache BYTES] "
                  "[--small-gpu BYTES] [--threads N] [--json FILE] [--b-path auto|staged|zero-copy|device] "
                  "[--verbose 0|1]\n");
     return 2;
+  }
+  for (std::size_t at = 0; at <= a.configs.size();) {
+    const std::size_t comma = std::min(a.configs.find(',', at), a.configs.size());
+    const std::string name = a.configs.substr(at, comma - at);
+    if (std::find(std::begin(kConfigs), std::end(kConfigs), name) == std::end(kConfigs)) {
+      std::fprintf(stderr, "--configs: unknown configuration '%s' (none, a, b, c, d, a2)\n", name.c_str());
+      return 2;
+    }
+    at = comma + 1;
   }
   g_verbose = a.verbose;
   ModelShape m = Preset(a.model);
@@ -877,7 +891,7 @@ int main(int argc, char** argv) {
   const ConfigResult* base = nullptr;
   std::printf("\n%-4s %-8s %6s %11s %8s %9s  stall us p50/p95/p99 per Engram layer\n", "cfg", "phase", "steps",
               "tokens/s", "loss", "step ms");
-  for (const std::string name : {"none", "a", "b", "c", "d"}) {
+  for (const std::string name : kConfigs) {
     if (("," + a.configs + ",").find("," + name + ",") == std::string::npos) continue;
     ConfigResult c;
     c.name = name;
@@ -892,7 +906,7 @@ int main(int argc, char** argv) {
       o.prefetch.staging_bytes = 1ULL << 30;
       memory::HostTierOptions ho;
       ho.arena.registrar = registrar.get();
-      if (name == "a") {
+      if (name == "a" || name == "a2") {
         o.path = gpu::MissPath::kDevice;
         o.cache_bytes = 0;
         for (int l = 0; l < layout.num_layers(); ++l) {
@@ -928,7 +942,7 @@ int main(int argc, char** argv) {
         }
       }
       const auto t0 = Clock::now();
-      if (name != "a") {
+      if (name != "a" && name != "a2") {
         host = Must(memory::HostTier::Create(layout, ho), "host tier");
         if (name == "b") Must(host->LoadResident(*store, version), "load resident");
       }
@@ -939,7 +953,7 @@ int main(int argc, char** argv) {
       const auto st = ws->stats();
       c.path = gpu::MissPathName(st.path);
       c.hbm_cache = o.cache_bytes;
-      c.host_cache = name == "b" ? table_bytes : (name == "a" ? 0 : host_cache);
+      c.host_cache = name == "b" ? table_bytes : (name == "a" || name == "a2" ? 0 : host_cache);
       c.device_budget = o.device_budget_bytes;
       c.device_bytes = st.device_bytes;
       c.hbm_slots = st.cache_slots;
@@ -964,7 +978,17 @@ int main(int argc, char** argv) {
     PrintPhase(cr, cr.prefill, base != nullptr && cr.name != "none" ? &base->prefill : nullptr);
     PrintPhase(cr, cr.decode, base != nullptr && cr.name != "none" ? &base->decode : nullptr);
   }
-  // Baseline-relative losses once (a) is known (configs run in order none, a, b, c, d).
+  for (const ConfigResult& r : results) {
+    if (r.name != "a2" || base == nullptr) continue;
+    const auto loss = [](const PhaseResult& p, const PhaseResult& q) {
+      return TokensPerSecond(q) > 0 ? 100 * (1 - TokensPerSecond(p) / TokensPerSecond(q)) : 0.0;
+    };
+    std::printf(
+        "noise: a2 (the baseline again) differs from a by %.2f%% in prefill and %.2f%% in decode: a loss of that "
+        "size is not a measurement\n",
+        loss(r.prefill, base->prefill), loss(r.decode, base->decode));
+  }
+  // Baseline-relative losses once (a) is known (configs run in order none, a, b, c, d, a2).
   if (!a.json.empty()) {
     std::FILE* f = std::fopen(a.json.c_str(), "w");
     if (f == nullptr) {

@@ -248,6 +248,7 @@ Plan Workload::Predict(const Tiers& tiers, const Calibration& cal, std::uint32_t
       // chunk, counted or lead-in, just before its own).
       const double submit = p.shape.decode() || k == 0 ? gpu_free : prev_start;
       double host_t = std::max(submit, host_free);
+      double contention = 0;
       double dev_t = submit + (device ? cal.h2d_fixed_s : 0);  // device pipeline: the windows' upload
       std::vector<double> ready(modules);
       for (std::size_t j = 0; j < modules; ++j, ++at) {
@@ -286,6 +287,10 @@ Plan Workload::Predict(const Tiers& tiers, const Calibration& cal, std::uint32_t
                            rate(missed_lookups, cal.zero_copy_rows_per_s);
           dev_t += t;
           acc.device_s += t;
+          const double extra =
+              std::max(0.0, rate(missed_lookups, cal.zero_copy_rows_per_s) - rate(missed_lookups, cal.hbm_rows_per_s));
+          contention += extra;
+          acc.contention_s += extra;
           ready[j] = dev_t;
         } else {
           const double hash = rate(lookups, cal.hash_lookups_per_s);
@@ -318,14 +323,15 @@ Plan Workload::Predict(const Tiers& tiers, const Calibration& cal, std::uint32_t
         stalled += s;
       }
       prev_start = start;
-      gpu_free = start + pp.compute_s + stalled;
+      gpu_free = start + pp.compute_s + stalled + contention;
     }
     const double n = static_cast<double>(std::max<std::size_t>(p.steps, 1));
     const double elapsed = gpu_free - first_start;
     pp.step_s = elapsed / n;
     pp.tokens_per_s = elapsed > 0 ? static_cast<double>(pp.tokens_per_step) * n / elapsed : 0;
     pp.loss_vs_compute = pp.step_s > 0 ? 1 - pp.compute_s / pp.step_s : 0;
-    for (double* x : {&pp.hash_s, &pp.dedupe_s, &pp.disk_s, &pp.gather_s, &pp.copy_s, &pp.device_s}) *x /= n;
+    for (double* x : {&pp.hash_s, &pp.dedupe_s, &pp.disk_s, &pp.gather_s, &pp.copy_s, &pp.device_s, &pp.contention_s})
+      *x /= n;
     for (std::size_t j = 0; j < modules; ++j) {
       LayerPlan& lp = pp.layers[j];
       for (double* x : {&lp.lookups, &lp.distinct, &lp.hbm_rows, &lp.host_rows, &lp.disk_rows, &lp.disk_reads,
@@ -484,8 +490,13 @@ std::string PlanJson(const Plan& plan) {
     pj["step_s"] = p.step_s;
     pj["tokens_per_s"] = p.tokens_per_s;
     pj["loss_vs_compute"] = p.loss_vs_compute;
-    pj["per_step_s"] = {{"hash", p.hash_s},     {"dedupe", p.dedupe_s}, {"disk", p.disk_s},
-                        {"gather", p.gather_s}, {"copy", p.copy_s},     {"device", p.device_s}};
+    pj["per_step_s"] = {{"hash", p.hash_s},
+                        {"dedupe", p.dedupe_s},
+                        {"disk", p.disk_s},
+                        {"gather", p.gather_s},
+                        {"copy", p.copy_s},
+                        {"device", p.device_s},
+                        {"contention", p.contention_s}};
     pj["bound"] = p.bound;
     pj["layers"] = nlohmann::ordered_json::array();
     for (const LayerPlan& l : p.layers) {

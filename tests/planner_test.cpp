@@ -137,6 +137,33 @@ TEST(Planner, ResidentHostTablesReadNoDisk) {
   }
 }
 
+// The device path's reads of mapped host memory take GPU time the model would have had: what they take
+// beyond reading the same rows from HBM (the baseline's share) is added to each step.
+TEST(Planner, ZeroCopyReadsCostTheModelTheirTimeBeyondHbm) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  const Workload w = Build(SmallPhases());
+  Tiers t;
+  t.host_resident = true;
+  t.path = plan::PlanPath::kDevice;
+  const Calibration slow = H100Like();
+  Calibration fast = slow;
+  fast.zero_copy_rows_per_s = fast.hbm_rows_per_s;  // mapped reads as fast as HBM: nothing to take
+  const plan::Plan p = w.Predict(t, slow, 264);
+  const plan::Plan q = w.Predict(t, fast, 264);
+  for (std::size_t ph = 0; ph < p.phases.size(); ++ph) {
+    const auto& a = p.phases[ph];
+    const auto& b = q.phases[ph];
+    for (const auto& l : a.layers) ASSERT_EQ(l.stall_mean_s, 0) << a.name << ": the reads must not stall here";
+    EXPECT_GT(a.contention_s, 0) << a.name;
+    EXPECT_EQ(b.contention_s, 0) << a.name;
+    EXPECT_NEAR(a.step_s - b.step_s, a.contention_s, 1e-9 * a.step_s) << a.name;
+    EXPECT_GT(a.loss_vs_compute, b.loss_vs_compute) << a.name;
+  }
+  Tiers hbm;
+  hbm.hbm_all = true;
+  for (const auto& ph : w.Predict(hbm, slow, 264).phases) EXPECT_EQ(ph.contention_s, 0) << ph.name;
+}
+
 TEST(Planner, AHostCacheTakesReadsOffTheDisk) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   const Workload w = Build(SmallPhases());

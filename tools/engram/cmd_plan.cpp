@@ -236,7 +236,7 @@ int RunCompare(const PlanArgs& a, const Layout& layout, const std::vector<std::i
     if (name == "none") continue;
     plan::Tiers t;
     t.name = name;
-    t.hbm_all = name == "a";
+    t.hbm_all = name == "a" || name == "a2";  // a2: the baseline again (the run's noise)
     t.host_resident = name == "b";
     t.hbm_cache_bytes = c["hbm_cache_bytes"].get<std::uint64_t>();
     t.host_cache_bytes = c["host_cache_bytes"].get<std::uint64_t>();
@@ -295,7 +295,8 @@ int RunCompare(const PlanArgs& a, const Layout& layout, const std::vector<std::i
                        {"disk", pp.disk_s},
                        {"gather", pp.gather_s},
                        {"copy", pp.copy_s},
-                       {"device", pp.device_s}}},
+                       {"device", pp.device_s},
+                       {"contention", pp.contention_s}}},
                      {"bound", pp.bound},
                      {"stall_within", stall_ok},
                      {"loss_within", loss_ok}});

@@ -156,6 +156,11 @@ struct PhasePlan {
   double loss_vs_compute = 0;  // 1 - compute / step
   // Per step, means: host time by part, PCIe and device time.
   double hash_s = 0, dedupe_s = 0, disk_s = 0, gather_s = 0, copy_s = 0, device_s = 0;
+  // Per step: GPU time the model loses to engram's reads of mapped host memory (the device path's
+  // zero-copy rows), beyond what reading them from HBM would take (the all-in-HBM baseline's share). Added
+  // to the step whole: an upper bound (the reads hold SMs while they wait on PCIe; the model's kernels get
+  // the rest). Measured on the H100: config b loses 0.6-1.0% in prefill where this predicts 0.8%.
+  double contention_s = 0;
   std::string bound;  // the resource with the most time per step ("disk IOPS", "host gather", ...)
   std::vector<LayerPlan> layers;
 };
