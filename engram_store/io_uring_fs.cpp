@@ -10,27 +10,13 @@
 #include <cstring>
 #include <vector>
 
+#include "../core/io_ring.hpp"
+
 namespace engram::store {
 namespace {
 
 // One io_uring per thread and queue depth.
-class Ring {
- public:
-  explicit Ring(unsigned depth) : depth_(depth) { init_error_ = io_uring_queue_init(depth, &ring_, 0); }
-  Ring(const Ring&) = delete;
-  Ring& operator=(const Ring&) = delete;
-  ~Ring() {
-    if (init_error_ == 0) io_uring_queue_exit(&ring_);
-  }
-  [[nodiscard]] int init_error() const { return init_error_; }
-  io_uring* get() { return &ring_; }
-  [[nodiscard]] unsigned depth() const { return depth_; }
-
- private:
-  io_uring ring_{};
-  unsigned depth_;
-  int init_error_;
-};
+using Ring = engram::detail::IoRing;
 
 Ring& ThreadRing(unsigned depth) {
   thread_local std::unique_ptr<Ring> ring;

@@ -43,18 +43,20 @@ void PolicyCacheSim::Admit(std::uint32_t id, std::uint64_t key, int order) {
   slot_of_[id] = a.slot;
 }
 
-SetCacheSim::SetCacheSim(std::uint64_t slots)
-    : sets_(slots / detail::kSetWays),
-      keys_(sets_ * detail::kSetWays, detail::kSetEmptyKey),
-      ways_(sets_ * detail::kSetWays),
-      level_(sets_, 0) {}
+SetCacheSim::SetCacheSim(std::uint64_t slots) : sets_(slots / detail::kSetWays) {}
+
+SetCacheSim::Set* SetCacheSim::Find(std::uint64_t set) {
+  const auto it = index_.find(set);
+  return it == index_.end() ? nullptr : &sets_held_[it->second];
+}
 
 bool SetCacheSim::Lookup(std::uint64_t key) {
   if (sets_ == 0) return false;
-  const std::uint64_t set = detail::SetOf(key, static_cast<std::uint32_t>(sets_));
-  for (std::uint64_t w = set * detail::kSetWays; w < (set + 1) * detail::kSetWays; ++w) {
-    if (keys_[w] == key) {
-      detail::OnSetHit(ways_[w], level_[set]);
+  Set* s = Find(detail::SetOf(key, static_cast<std::uint32_t>(sets_)));
+  if (s == nullptr) return false;
+  for (std::size_t w = 0; w < detail::kSetWays; ++w) {
+    if (s->keys[w] == key) {
+      detail::OnSetHit(s->ways[w], s->level);
       return true;
     }
   }
@@ -64,23 +66,30 @@ bool SetCacheSim::Lookup(std::uint64_t key) {
 void SetCacheSim::Admit(std::uint64_t key, int order) {
   if (sets_ == 0) return;
   const std::uint64_t set = detail::SetOf(key, static_cast<std::uint32_t>(sets_));
-  const std::uint64_t b0 = set * detail::kSetWays;
-  std::uint64_t victim = keys_.size();
+  Set* s = Find(set);
+  if (s == nullptr) {
+    index_.emplace(set, static_cast<std::uint32_t>(sets_held_.size()));
+    Set fresh;
+    fresh.keys.fill(detail::kSetEmptyKey);
+    sets_held_.push_back(fresh);
+    s = &sets_held_.back();
+  }
+  std::size_t victim = detail::kSetWays;
   float victim_priority = 0;
-  for (std::uint64_t w = b0; w < b0 + detail::kSetWays; ++w) {
-    if (keys_[w] == detail::kSetEmptyKey) {
+  for (std::size_t w = 0; w < detail::kSetWays; ++w) {
+    if (s->keys[w] == detail::kSetEmptyKey) {
       victim = w;
       break;
     }
-    const float p = detail::Priority(ways_[w]);
-    if (victim == keys_.size() || p < victim_priority) {
+    const float p = detail::Priority(s->ways[w]);
+    if (victim == detail::kSetWays || p < victim_priority) {
       victim = w;
       victim_priority = p;
     }
   }
-  if (keys_[victim] != detail::kSetEmptyKey) level_[set] = victim_priority;
-  keys_[victim] = key;
-  ways_[victim] = detail::AdmittedWay(level_[set], order);
+  if (s->keys[victim] != detail::kSetEmptyKey) s->level = victim_priority;
+  s->keys[victim] = key;
+  s->ways[victim] = detail::AdmittedWay(s->level, order);
 }
 
 }  // namespace engram::memory

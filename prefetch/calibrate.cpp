@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <random>
 #include <thread>
 
 #include "../core/file.hpp"
+#include "../core/io_ring.hpp"
 #include "../core/thread_pool.hpp"
 #include "engram/hasher.hpp"
 #include "engram/memory/pinned_arena.hpp"
@@ -56,27 +59,34 @@ std::pair<double, double> FitLine(const std::vector<std::pair<double, double>>& 
   return {a, slope > 0 ? 1.0 / slope : 0.0};
 }
 
+struct FreeDeleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
+
 Status MeasureDisk(const CalibrateOptions& o, Calibration& c) {
   const std::string& path = o.disk_file;
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) < o.disk_file_bytes) {
     // Written once with non-zero bytes, so the reads below reach the device.
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return Status::IOError(fmt::format("calibrate: cannot create {}: {}", path, std::strerror(errno)));
+    const detail::UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (out.get() < 0) {
+      return Status::IOError(fmt::format("calibrate: cannot create {}: {}", path, std::strerror(errno)));
+    }
     std::vector<char> buf(8 << 20);
     std::mt19937_64 rng(1);
     for (auto& b : buf) b = static_cast<char>(rng());
     for (std::uint64_t off = 0; off < o.disk_file_bytes; off += buf.size()) {
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), o.disk_file_bytes - off));
-      if (::pwrite(fd, buf.data(), n, static_cast<off_t>(off)) != static_cast<ssize_t>(n)) {
-        ::close(fd);
+      if (::pwrite(out.get(), buf.data(), n, static_cast<off_t>(off)) != static_cast<ssize_t>(n)) {
         return Status::IOError(fmt::format("calibrate: writing {}: {}", path, std::strerror(errno)));
       }
     }
-    ::fsync(fd);
-    ::close(fd);
+    if (::fsync(out.get()) != 0) {
+      return Status::IOError(fmt::format("calibrate: fsync of {}: {}", path, std::strerror(errno)));
+    }
   }
-  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT);
+  const detail::UniqueFd in(::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  const int fd = in.get();
   if (fd < 0) {
     return Status::Unavailable(
         fmt::format("calibrate: O_DIRECT open of {} failed ({}); the disk rates would measure the page cache, so "
@@ -84,17 +94,17 @@ Status MeasureDisk(const CalibrateOptions& o, Calibration& c) {
                     path, std::strerror(errno)));
   }
   const std::uint64_t blocks = o.disk_file_bytes / 4096;
-  io_uring ring{};
-  if (int rc = io_uring_queue_init(128, &ring, 0); rc < 0) {
-    ::close(fd);
+  detail::IoRing guard(128);
+  if (const int rc = guard.init_error(); rc < 0) {
     return Status::Unavailable(fmt::format("calibrate: io_uring_queue_init: {}", std::strerror(-rc)));
   }
-  void* buf = nullptr;
-  if (::posix_memalign(&buf, 4096, 128 * 4096) != 0) {
-    io_uring_queue_exit(&ring);
-    ::close(fd);
+  io_uring* ring = guard.get();
+  void* raw = nullptr;
+  if (::posix_memalign(&raw, 4096, 128 * 4096) != 0) {
     return Status::ResourceExhausted("calibrate: 512 KiB of aligned buffers");
   }
+  const std::unique_ptr<void, FreeDeleter> owned(raw);
+  char* const buf = static_cast<char*>(raw);
   std::mt19937_64 rng(7);
   Status status;
   // Keeps `depth` random 4 KiB reads in flight for `seconds`; reads per second and mean latency.
@@ -103,27 +113,26 @@ Status MeasureDisk(const CalibrateOptions& o, Calibration& c) {
     unsigned inflight = 0;
     const auto t0 = Clock::now();
     auto submit_one = [&](unsigned slot) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-      io_uring_prep_read(sqe, fd, static_cast<char*>(buf) + slot * 4096, 4096,
-                         static_cast<off_t>((rng() % blocks) * 4096));
+      io_uring_sqe* sqe = io_uring_get_sqe(ring);
+      io_uring_prep_read(sqe, fd, buf + slot * 4096, 4096, static_cast<off_t>((rng() % blocks) * 4096));
       io_uring_sqe_set_data64(sqe, slot);
       ++inflight;
     };
     for (unsigned i = 0; i < depth; ++i) submit_one(i);
-    io_uring_submit(&ring);
+    io_uring_submit(ring);
     while (inflight > 0) {
       io_uring_cqe* cqe = nullptr;
-      if (io_uring_wait_cqe(&ring, &cqe) < 0) break;
+      if (io_uring_wait_cqe(ring, &cqe) < 0) break;
       const auto slot = static_cast<unsigned>(io_uring_cqe_get_data64(cqe));
       if (cqe->res != 4096 && status.ok()) {
         status = Status::IOError(fmt::format("calibrate: read of {} returned {}", path, cqe->res));
       }
-      io_uring_cqe_seen(&ring, cqe);
+      io_uring_cqe_seen(ring, cqe);
       --inflight;
       ++done;
       if (Since(t0) < seconds && status.ok()) {
         submit_one(slot);
-        io_uring_submit(&ring);
+        io_uring_submit(ring);
       }
     }
     const double s = Since(t0);
@@ -131,9 +140,6 @@ Status MeasureDisk(const CalibrateOptions& o, Calibration& c) {
   };
   c.disk_qd1_latency_s = run(1, o.seconds).second;
   c.disk_iops = run(128, o.seconds).first;
-  std::free(buf);
-  io_uring_queue_exit(&ring);
-  ::close(fd);
   c.disk_file = path;
   return status;
 }

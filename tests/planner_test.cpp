@@ -289,6 +289,20 @@ TEST(CacheSim, ASetKeepsItsRereadRows) {
   EXPECT_EQ(kept, 0);
 }
 
+// A set cache far larger than the rows simulated (2^35 slots: 512 GiB of keys if held whole) costs what
+// its rows do, and still keeps them.
+TEST(CacheSim, AHugeSetCacheHoldsOnlyTheSetsItsRowsUse) {
+  memory::SetCacheSim cache(std::uint64_t{1} << 35);
+  EXPECT_EQ(cache.capacity(), std::uint64_t{1} << 35);
+  for (std::uint64_t k = 0; k < 100000; ++k) {
+    EXPECT_FALSE(cache.Lookup(k * 7919));
+    cache.Admit(k * 7919, 2);
+  }
+  int hits = 0;
+  for (std::uint64_t k = 0; k < 100000; ++k) hits += cache.Lookup(k * 7919) ? 1 : 0;
+  EXPECT_EQ(hits, 100000);
+}
+
 TEST(CacheSim, AnEmptyPolicyCacheNeverHits) {
   memory::PolicyCacheSim cache(0, memory::RowCachePolicyOptions{}, 1, 4);
   cache.Admit(1, 7, 2);

@@ -4,8 +4,10 @@
 // planner (engram/prefetch/planner.hpp) and the trace analysis. Single-threaded.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "engram/detail/set_cache.hpp"
@@ -39,19 +41,26 @@ class PolicyCacheSim {
   std::uint64_t capacity_ = 0;
 };
 
-// The device pipeline's HBM cache of `slots` slots (whole sets of detail::kSetWays).
+// The device pipeline's HBM cache of `slots` slots (whole sets of detail::kSetWays). Only the sets a
+// row was admitted to are kept (memory grows with the rows simulated, not the capacity: a 16 GiB cache
+// of 264 B rows is 65 M slots, of which a replay touches a few million).
 class SetCacheSim {
  public:
   explicit SetCacheSim(std::uint64_t slots);
   bool Lookup(std::uint64_t key);
   void Admit(std::uint64_t key, int order);
-  [[nodiscard]] std::uint64_t capacity() const noexcept { return keys_.size(); }
+  [[nodiscard]] std::uint64_t capacity() const noexcept { return sets_ * detail::kSetWays; }
 
  private:
+  struct Set {
+    std::array<std::uint64_t, detail::kSetWays> keys;
+    std::array<detail::SetWay, detail::kSetWays> ways;
+    float level = 0;
+  };
+  Set* Find(std::uint64_t set);
   std::uint64_t sets_ = 0;
-  std::vector<std::uint64_t> keys_;
-  std::vector<detail::SetWay> ways_;
-  std::vector<float> level_;
+  std::unordered_map<std::uint64_t, std::uint32_t> index_;  // set -> position in sets_held_
+  std::vector<Set> sets_held_;
 };
 
 }  // namespace engram::memory
