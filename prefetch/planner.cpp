@@ -167,6 +167,31 @@ std::pair<std::uint64_t, std::uint64_t> Workload::Capacities(const Tiers& tiers,
   return {g, h};
 }
 
+namespace {
+// The simulated policy cache's size: one that holds every row the replay reads in its small FIFO decides
+// the same as any larger one (Serve).
+std::uint64_t PolicyCap(std::size_t distinct) {
+  const memory::RowCachePolicyOptions po;
+  return static_cast<std::uint64_t>(static_cast<double>(distinct) / po.small_fraction) + 64;
+}
+// Per simulated policy slot: the policy's arrays (key, reads, priority, weight, place, queue position,
+// queue entry) and the simulation's id; per distinct row and simulation: its slot and shard.
+constexpr std::uint64_t kPolicySlotBytes = 8 + 4 + 4 + 4 + 1 + 4 + 4 + 4;
+constexpr std::uint64_t kSetSlotBytes = 8 + 8;  // a touched set's key and way, per slot
+}  // namespace
+
+std::uint64_t Workload::PredictBytes(const Tiers& tiers, std::uint32_t row_bytes) const {
+  std::uint64_t bytes = key_.size();  // the tier of every access
+  if (tiers.hbm_all || tiers.cache_model == CacheModel::kLru) return bytes;
+  const auto [g, h] = Capacities(tiers, row_bytes);
+  const std::uint64_t most = PolicyCap(distinct_);
+  const bool device = tiers.path == PlanPath::kDevice;
+  const std::uint64_t policy_slots = (device ? 0 : std::min(g, most)) + (tiers.host_resident ? 0 : std::min(h, most));
+  bytes += policy_slots * kPolicySlotBytes + 2 * 8 * static_cast<std::uint64_t>(distinct_);
+  if (device) bytes += std::min<std::uint64_t>(g, static_cast<std::uint64_t>(distinct_)) * kSetSlotBytes;
+  return bytes;
+}
+
 std::vector<std::uint8_t> Workload::Serve(const Tiers& tiers, std::uint32_t row_bytes) const {
   std::vector<std::uint8_t> tier(key_.size(), 0);
   if (tiers.hbm_all) return tier;
@@ -187,7 +212,7 @@ std::vector<std::uint8_t> Workload::Serve(const Tiers& tiers, std::uint32_t row_
   // decides the same, so the simulation stops there (a 64 GiB host tier would otherwise simulate 260 M
   // slots).
   const memory::RowCachePolicyOptions po;
-  const auto most = static_cast<std::uint64_t>(static_cast<double>(distinct_) / po.small_fraction) + 64;
+  const std::uint64_t most = PolicyCap(distinct_);
   memory::PolicyCacheSim hbm_policy(device ? 0 : std::min(g, most), po, 1, distinct_);
   memory::SetCacheSim hbm_sets(device ? g : 0);
   memory::PolicyCacheSim host(tiers.host_resident ? 0 : std::min(h, most), po,

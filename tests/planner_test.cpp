@@ -164,6 +164,25 @@ TEST(Planner, ZeroCopyReadsCostTheModelTheirTimeBeyondHbm) {
   for (const auto& ph : w.Predict(hbm, slow, 264).phases) EXPECT_EQ(ph.contention_s, 0) << ph.name;
 }
 
+// What a split's simulation costs grows with its caches up to the size that decides like any larger one,
+// and not past it (engram plan sizes its threads by it).
+TEST(Planner, PredictMemoryGrowsWithTheCachesUpToTheirCap) {
+  ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
+  const Workload w = Build(SmallPhases());
+  auto bytes = [&](std::uint64_t host, plan::PlanPath path = plan::PlanPath::kStaged) {
+    Tiers t;
+    t.host_cache_bytes = host;
+    t.hbm_cache_bytes = 1ULL << 20;
+    t.path = path;
+    return w.PredictBytes(t, 264);
+  };
+  EXPECT_LT(bytes(1ULL << 20), bytes(8ULL << 20));
+  EXPECT_EQ(bytes(64ULL << 30), bytes(192ULL << 30)) << "both beyond the cap";
+  Tiers hbm;
+  hbm.hbm_all = true;
+  EXPECT_LT(w.PredictBytes(hbm, 264), bytes(1ULL << 20));
+}
+
 TEST(Planner, AHostCacheTakesReadsOffTheDisk) {
   ENGRAM_REQUIRE_SHARED_DATA("brown.deepseek-v3.i32");
   const Workload w = Build(SmallPhases());

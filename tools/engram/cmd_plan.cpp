@@ -3,10 +3,12 @@
 // the stall per Engram layer and the throughput loss; recommend a split; or compare the prediction with a
 // measured bench_model run (--compare). docs/capacity-planning.md.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -44,6 +46,16 @@ struct PlanArgs {
 
 std::string Gib(double bytes) {
   return fmt::format("{:.2f} GiB", bytes / (1ULL << 30));
+}
+
+// The memory the kernel says is available (MemAvailable), or the free pages where /proc is not readable.
+std::uint64_t AvailableMemoryBytes() {
+  std::ifstream in("/proc/meminfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("MemAvailable:", 0) == 0) return std::strtoull(line.c_str() + 13, nullptr, 10) * 1024;  // kB
+  }
+  const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page) : 1ULL << 30;
 }
 
 int RunCalibrate(const CalibrateArgs& a) {
@@ -392,8 +404,32 @@ int RunPlan(const PlanArgs& a) {
   for (std::uint64_t g : gpus) {
     gpu_labels.push_back(static_cast<double>(g) >= table ? "all (" + Gib(table) + ")" : Gib(static_cast<double>(g)));
   }
-  // Each split simulates the caches over the whole replay: one split per thread.
-  detail::ThreadPool pool(std::clamp(std::thread::hardware_concurrency(), 1U, 16U) - 1);
+  // Each split simulates the caches over the whole replay: one split per thread, as many at once as half
+  // the memory available holds.
+  std::uint64_t largest = 1;
+  for (std::uint64_t g : gpus) {
+    for (std::uint64_t hb : hosts) {
+      for (const auto path : {plan::PlanPath::kStaged, plan::PlanPath::kDevice}) {
+        plan::Tiers t;
+        t.hbm_all = static_cast<double>(g) >= table;
+        t.host_resident = static_cast<double>(hb) >= table;
+        t.hbm_cache_bytes = g;
+        t.host_cache_bytes = hb;
+        t.path = path;
+        largest = std::max(largest, w->PredictBytes(t, layout->row_bytes()));
+      }
+    }
+  }
+  const std::uint64_t available = AvailableMemoryBytes();
+  const unsigned cores = std::clamp(std::thread::hardware_concurrency(), 1U, 16U);
+  const auto threads =
+      static_cast<unsigned>(std::clamp<std::uint64_t>(available / 2 / largest, 1, static_cast<std::uint64_t>(cores)));
+  if (threads < cores) {
+    fmt::print(stderr, "plan: {} splits on {} of {} threads: each simulation takes up to {} of {} available\n",
+               gpus.size() * hosts.size(), threads, cores, Gib(static_cast<double>(largest)),
+               Gib(static_cast<double>(available)));
+  }
+  detail::ThreadPool pool(threads - 1);
   pool.ParallelFor(gpus.size() * hosts.size(), [&](std::size_t i) {
     const std::uint64_t g = gpus[i / hosts.size()];
     const std::uint64_t hb = hosts[i % hosts.size()];

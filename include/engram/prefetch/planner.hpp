@@ -186,6 +186,9 @@ class Workload {
 
   // HBM and host cache capacities in rows for the tiers.
   [[nodiscard]] std::pair<std::uint64_t, std::uint64_t> Capacities(const Tiers& tiers, std::uint32_t row_bytes) const;
+  // About how much memory Predict takes for `tiers` (its cache simulations and tier map): what a caller
+  // planning many splits at once divides the machine's memory by.
+  [[nodiscard]] std::uint64_t PredictBytes(const Tiers& tiers, std::uint32_t row_bytes) const;
 
  private:
   // One step's distinct rows of one Engram layer: accesses [first, first + count).
