@@ -895,6 +895,7 @@ int main(int argc, char** argv) {
     if (("," + a.configs + ",").find("," + name + ",") == std::string::npos) continue;
     ConfigResult c;
     c.name = name;
+    const bool all_in_hbm = name == "a" || name == "a2";  // a2: the baseline again
     std::unique_ptr<memory::HostTier> host;
     std::unique_ptr<gpu::WorkingSet> ws;
     if (name != "none") {
@@ -906,7 +907,7 @@ int main(int argc, char** argv) {
       o.prefetch.staging_bytes = 1ULL << 30;
       memory::HostTierOptions ho;
       ho.arena.registrar = registrar.get();
-      if (name == "a" || name == "a2") {
+      if (all_in_hbm) {
         o.path = gpu::MissPath::kDevice;
         o.cache_bytes = 0;
         for (int l = 0; l < layout.num_layers(); ++l) {
@@ -942,7 +943,7 @@ int main(int argc, char** argv) {
         }
       }
       const auto t0 = Clock::now();
-      if (name != "a" && name != "a2") {
+      if (!all_in_hbm) {
         host = Must(memory::HostTier::Create(layout, ho), "host tier");
         if (name == "b") Must(host->LoadResident(*store, version), "load resident");
       }
@@ -953,7 +954,7 @@ int main(int argc, char** argv) {
       const auto st = ws->stats();
       c.path = gpu::MissPathName(st.path);
       c.hbm_cache = o.cache_bytes;
-      c.host_cache = name == "b" ? table_bytes : (name == "a" || name == "a2" ? 0 : host_cache);
+      c.host_cache = name == "b" ? table_bytes : (all_in_hbm ? 0 : host_cache);
       c.device_budget = o.device_budget_bytes;
       c.device_bytes = st.device_bytes;
       c.hbm_slots = st.cache_slots;

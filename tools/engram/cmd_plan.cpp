@@ -406,17 +406,20 @@ int RunPlan(const PlanArgs& a) {
   }
   // Each split simulates the caches over the whole replay: one split per thread, as many at once as half
   // the memory available holds.
+  auto split = [&](std::uint64_t g, std::uint64_t hb, plan::PlanPath path) {
+    plan::Tiers t;
+    t.hbm_all = static_cast<double>(g) >= table;
+    t.host_resident = static_cast<double>(hb) >= table;
+    t.hbm_cache_bytes = g;
+    t.host_cache_bytes = hb;
+    t.path = path;
+    return t;
+  };
   std::uint64_t largest = 1;
   for (std::uint64_t g : gpus) {
     for (std::uint64_t hb : hosts) {
       for (const auto path : {plan::PlanPath::kStaged, plan::PlanPath::kDevice}) {
-        plan::Tiers t;
-        t.hbm_all = static_cast<double>(g) >= table;
-        t.host_resident = static_cast<double>(hb) >= table;
-        t.hbm_cache_bytes = g;
-        t.host_cache_bytes = hb;
-        t.path = path;
-        largest = std::max(largest, w->PredictBytes(t, layout->row_bytes()));
+        largest = std::max(largest, w->PredictBytes(split(g, hb, path), layout->row_bytes()));
       }
     }
   }
@@ -433,12 +436,7 @@ int RunPlan(const PlanArgs& a) {
   pool.ParallelFor(gpus.size() * hosts.size(), [&](std::size_t i) {
     const std::uint64_t g = gpus[i / hosts.size()];
     const std::uint64_t hb = hosts[i % hosts.size()];
-    plan::Tiers t;
-    t.hbm_all = static_cast<double>(g) >= table;
-    t.host_resident = static_cast<double>(hb) >= table;
-    t.hbm_cache_bytes = g;
-    t.host_cache_bytes = hb;
-    t.path = plan::PlanPath::kStaged;
+    plan::Tiers t = split(g, hb, plan::PlanPath::kStaged);
     plan::Plan p = w->Predict(t, cal, layout->row_bytes());
     if (t.host_resident && !t.hbm_all) {
       t.path = plan::PlanPath::kDevice;
